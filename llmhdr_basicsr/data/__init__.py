@@ -1,0 +1,1 @@
+"""Registering modules of llmhdr_basicsr.data (imported explicitly, not by folder scan)."""

@@ -1,0 +1,1 @@
+"""Registering modules of llmhdr_basicsr.models (imported explicitly, not by folder scan)."""

@@ -1,0 +1,17 @@
+"""``python -m llmhdr_basicsr.test -opt X.yml`` (console script ``llmhdr-test``): BasicSR's test pipeline.
+
+Results go to ``results/<name>/`` in the current directory.
+"""
+
+import os
+
+import llmhdr_basicsr  # noqa: F401  (registers the plugin; also done by the start-up hook)
+from basicsr.test import test_pipeline
+
+
+def main() -> None:
+    test_pipeline(os.getcwd())
+
+
+if __name__ == '__main__':
+    main()
