@@ -88,6 +88,10 @@ setup(
         'console_scripts': [
             'llmhdr-train = llmhdr_basicsr.train:main',
             'llmhdr-test = llmhdr_basicsr.test:main',
+            'llmhdr-perceive = llmhdr_basicsr.perceive:main',
+            'llmhdr-infer = llmhdr_basicsr.infer:main',
+            'llmhdr-tonemap = llmhdr_basicsr.tonemap_cli:main',
+            'llmhdr-eval = llmhdr_basicsr.evaluate:main',
         ],
     },
     cmdclass={'build_py': BuildPyWithStartup, 'editable_wheel': EditableWheelWithStartup},

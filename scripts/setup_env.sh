@@ -13,5 +13,5 @@ python="${PYTHON:-python3}"
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 "${pip[@]}" install -q "setuptools>=77,<90" wheel
 "${pip[@]}" install -q --no-build-isolation --no-deps basicsr==1.4.2
-"${pip[@]}" install -q -e ".[test]"
+"${pip[@]}" install -q --no-build-isolation -e ".[test]"
 "$venv/bin/python" -c 'import basicsr, llmhdr_basicsr, torch; print(f"llmhdr_basicsr {llmhdr_basicsr.__version__}, basicsr {basicsr.__version__}, torch {torch.__version__}: ready")'

@@ -1,1 +1,3 @@
-"""Registering modules of llmhdr_basicsr.metrics (imported explicitly, not by folder scan)."""
+"""Registering modules of llmhdr_basicsr.metrics (BasicSR does not scan metric folders)."""
+
+from . import hdr_metric  # noqa: F401

@@ -99,8 +99,11 @@ def _read_exr_openexr(path: str) -> np.ndarray | None:
     return None
 
 
-def to_rgb3(img: np.ndarray) -> np.ndarray:
-    """OpenCV layout (H, W), (H, W, 1), BGR or BGRA -> (H, W, 3) RGB (grey replicated, alpha dropped)."""
+def to_rgb3(img: np.ndarray, name: str = '<array>') -> np.ndarray:
+    """OpenCV layout (H, W), (H, W, 1), BGR or BGRA -> (H, W, 3) RGB (grey replicated, alpha dropped).
+
+    ``name`` (the file) is named in the error raised for other channel counts.
+    """
     if img.ndim == 2:
         img = img[..., None]
     channels = img.shape[2]
@@ -110,7 +113,7 @@ def to_rgb3(img: np.ndarray) -> np.ndarray:
         return np.repeat(img[..., :1], 3, axis=2)
     if channels in (3, 4):
         return np.ascontiguousarray(img[..., 2::-1])
-    raise ImageReadError(f'Unsupported number of channels: {channels}')
+    raise ImageReadError(f'{name}: unsupported number of channels: {channels} (expected 1, 2, 3 or 4)')
 
 
 def sanitize_hdr(img: np.ndarray, name: str = '<array>') -> np.ndarray:
@@ -151,7 +154,7 @@ def read_hdr(path: str, sanitize: bool = True) -> np.ndarray:
             f'{path} holds {img.dtype} integer data, not floating-point HDR. Read it as LDR (read_ldr/read_image), or '
             f'convert integer-coded HDR (e.g. 16-bit PNG with an alignment ratio) with scripts/prepare_data.py first.'
         )
-    img = to_rgb3(img.astype(np.float32, copy=False))
+    img = to_rgb3(img.astype(np.float32, copy=False), str(path))
     return sanitize_hdr(img, str(path)) if sanitize else img
 
 
@@ -171,7 +174,7 @@ def read_ldr(path: str) -> np.ndarray:
         scale = 65535.0
     else:
         raise ImageReadError(f'{path} holds {img.dtype} data; expected an 8- or 16-bit LDR image (use read_hdr).')
-    return to_rgb3(img).astype(np.float32) / scale
+    return to_rgb3(img, str(path)).astype(np.float32) / scale
 
 
 def read_image(path: str) -> tuple[np.ndarray, bool]:
@@ -183,10 +186,10 @@ def read_image(path: str) -> tuple[np.ndarray, bool]:
     """
     img = _decode(path)
     if np.issubdtype(img.dtype, np.floating):
-        return sanitize_hdr(to_rgb3(img.astype(np.float32, copy=False)), str(path)), True
+        return sanitize_hdr(to_rgb3(img.astype(np.float32, copy=False), str(path)), str(path)), True
     if img.dtype not in (np.uint8, np.uint16):
         raise ImageReadError(f'{path}: unsupported pixel type {img.dtype}')
-    return to_rgb3(img).astype(np.float32) / (255.0 if img.dtype == np.uint8 else 65535.0), False
+    return to_rgb3(img, str(path)).astype(np.float32) / (255.0 if img.dtype == np.uint8 else 65535.0), False
 
 
 def _atomic_imwrite(path: str, img: np.ndarray, params: list | None = None) -> None:

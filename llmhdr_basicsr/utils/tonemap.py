@@ -46,7 +46,7 @@ def numpy_twin(fn: Callable, channel_axis: bool = True) -> Callable:
     def twin(x, *args, **kwargs):
         x = np.asarray(x)
         out_dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64).reshape(x.shape))  # keeps 0-d arrays 0-d
         if channel_axis:
             t = t.movedim(-1, -3)
         with torch.no_grad():

@@ -1,0 +1,1 @@
+"""Perception backends: where an image shows artifacts, over- and under-exposure (LLM-HDR Sec. 3)."""
