@@ -9,6 +9,7 @@ Besides the package, three *start-up files* go to the top level of site-packages
 setuptools' PEP 660 editable install drops top-level data files, so ``editable_wheel`` is extended to copy them
 into the editable wheel as well (``tests/test_install.py`` fails loudly if the hook goes missing).
 """
+
 import os
 import re
 import shutil

@@ -12,8 +12,14 @@ Tensor conventions used throughout (each function's docstring repeats what appli
 - numpy images are ``(H, W, 3)`` RGB (not OpenCV's BGR) with the same value conventions.
 """
 
-from . import compat  # noqa: F401  (must come first: patches basicsr 1.4.2 for CPU / current torch)
-from . import archs, data, losses, metrics, models  # noqa: F401  (registration side effects)
+from . import (  # noqa: F401  (registration side effects)
+    archs,
+    compat,  # noqa: F401  (must come first: patches basicsr 1.4.2 for CPU / current torch)
+    data,
+    losses,
+    metrics,
+    models,
+)
 from .version import __version__
 
 __all__ = ['__version__']

@@ -25,14 +25,13 @@ import sys
 
 os.environ.setdefault('OPENCV_IO_ENABLE_OPENEXR', '1')
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-
 import basicsr  # noqa: E402
 import basicsr.train as _bsr_train  # noqa: E402
 import basicsr.utils as _bsr_utils  # noqa: E402
 import basicsr.utils.dist_util as _bsr_dist  # noqa: E402
 import basicsr.utils.options as _bsr_options  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 from basicsr.utils import check_resume, scandir  # noqa: E402
 from basicsr.utils.registry import Registry  # noqa: E402
 
@@ -116,9 +115,7 @@ def _rerooting(fn, keyword: str):
 
 def _normalise_argv() -> None:
     """Accept ``--local-rank`` (torch.distributed.launch) where BasicSR's parser knows only ``--local_rank``."""
-    sys.argv = [
-        a.replace('--local-rank', '--local_rank', 1) if a.startswith('--local-rank') else a for a in sys.argv
-    ]
+    sys.argv = [a.replace('--local-rank', '--local_rank', 1) if a.startswith('--local-rank') else a for a in sys.argv]
 
 
 # ---------------------------------------------------------------------------------------------------- distributed

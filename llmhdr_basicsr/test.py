@@ -5,8 +5,9 @@ Results go to ``results/<name>/`` in the current directory.
 
 import os
 
-import llmhdr_basicsr  # noqa: F401  (registers the plugin; also done by the start-up hook)
 from basicsr.test import test_pipeline
+
+import llmhdr_basicsr  # noqa: F401  (registers the plugin; also done by the start-up hook)
 
 
 def main() -> None:

@@ -6,8 +6,9 @@ Same command line as BasicSR's ``basicsr/train.py`` (``--auto_resume``, ``--debu
 
 import os
 
-import llmhdr_basicsr  # noqa: F401  (registers the plugin; also done by the start-up hook)
 from basicsr.train import train_pipeline
+
+import llmhdr_basicsr  # noqa: F401  (registers the plugin; also done by the start-up hook)
 
 
 def main() -> None:

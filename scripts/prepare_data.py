@@ -843,7 +843,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=cmd_example.__doc__ or '',
     )
     p.add_argument('--data', default='../shared/data', help='folder with ldr/ and hdr/ (relative to the repo root)')
-    p.add_argument('--out', default='datasets/example', help='output folder (relative to the repo root)')
+    p.add_argument('--out', default='datasets/shared_unpaired', help='output folder (relative to the repo root)')
     p.add_argument('--test-fraction', type=float, default=0.25, help='fraction of HDR scenes held out (0.25)')
     p.add_argument('--ldr-fraction', type=float, default=0.5, help='fraction of the other scenes synthesised (0.5)')
     p.add_argument('--crop-size', type=int, default=0, help='also cut train_* into <part>_sub tiles (0 = no)')

@@ -27,7 +27,9 @@ def run_python(args: list[str], cwd: Path, env: dict | None = None, timeout: int
 
 
 def assert_ok(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, f'exit {proc.returncode}\n--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}'
+    assert proc.returncode == 0, (
+        f'exit {proc.returncode}\n--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}'
+    )
 
 
 def make_unpaired_folders(root: Path, n_ldr: int = 3, n_hdr: int = 3, size: tuple[int, int] = (40, 48), seed: int = 0):

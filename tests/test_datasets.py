@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os.path as osp
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,6 +16,7 @@ from llmhdr_basicsr.data.dataset_util import MAX_CONSECUTIVE_READ_FAILURES
 from llmhdr_basicsr.data.paired_hdr_dataset import PairedLDRHDRDataset
 from llmhdr_basicsr.data.single_image_dataset import SingleHDRDataset, SingleLDRDataset
 from llmhdr_basicsr.data.unpaired_hdr_dataset import UnpairedLDRHDRDataset
+from llmhdr_basicsr.perception.cache import PerceptionCache
 from llmhdr_basicsr.utils import hdr_io
 from llmhdr_basicsr.utils.tonemap import luminance_np, normalize_hdr
 
@@ -142,8 +144,7 @@ def test_crop_window_and_maps_share_ldr_transform(tmp_path):
     ldr, hdr, maps = tmp_path / 'ldr', tmp_path / 'hdr', tmp_path / 'maps'
     ldr_paths = make_ldr_folder(ldr, n=2)
     make_hdr_folder(hdr, n=2)
-    maps.mkdir()
-    np.save(maps / 'ldr_0.npy', coord_maps())  # ldr_1 has no maps
+    PerceptionCache(str(maps), prompt='test prompt', model='stub').put(ldr_paths[0], coord_maps())  # none for ldr_1
     ds = UnpairedLDRHDRDataset(unpaired_opt(ldr, hdr, maps_cache=str(maps), use_rot=True))
     np.random.seed(0)
     seen_windows = set()
@@ -162,16 +163,23 @@ def test_crop_window_and_maps_share_ldr_transform(tmp_path):
     assert float(s['ldr_maps_valid']) == 0.0 and s['ldr_maps'].shape == (3, 16, 16) and s['ldr_maps'].abs().sum() == 0
 
 
-def test_bad_maps_entry_gives_zeros_and_warns(tmp_path, logs):
+def test_corrupt_maps_entry_gives_zeros_and_warns(tmp_path, logs):
     ldr, hdr, maps = tmp_path / 'ldr', tmp_path / 'hdr', tmp_path / 'maps'
-    make_ldr_folder(ldr, n=1)
+    ldr_paths = make_ldr_folder(ldr, n=1)
     make_hdr_folder(hdr, n=1)
-    maps.mkdir()
-    np.save(maps / 'ldr_0.npy', np.zeros((3, 5, 5), np.float16))  # wrong resolution
+    entry = PerceptionCache(str(maps), prompt='test prompt', model='stub').put(ldr_paths[0], np.zeros((3, 5, 5)))
+    Path(entry).write_bytes(b'not an npz archive')
     ds = UnpairedLDRHDRDataset(unpaired_opt(ldr, hdr, maps_cache=str(maps), phase='val'))
     s = ds[0]
-    assert float(s['ldr_maps_valid']) == 0.0 and s['ldr_maps'].shape == (3, H, W)
-    assert any('ldr_0.npy' in r.getMessage() for r in logs.records if r.levelno == logging.WARNING)
+    assert float(s['ldr_maps_valid']) == 0.0 and s['ldr_maps'].shape == (3, H, W) and s['ldr_maps'].abs().sum() == 0
+    assert any(r.levelno == logging.WARNING for r in logs.records)
+
+
+def test_missing_maps_cache_folder_is_an_error(tmp_path):
+    make_ldr_folder(tmp_path / 'ldr', n=1)
+    make_hdr_folder(tmp_path / 'hdr', n=1)
+    with pytest.raises(FileNotFoundError, match='nowhere'):
+        UnpairedLDRHDRDataset(unpaired_opt(tmp_path / 'ldr', tmp_path / 'hdr', maps_cache=str(tmp_path / 'nowhere')))
 
 
 def test_flips():

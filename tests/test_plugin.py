@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sysconfig
 import textwrap
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -163,13 +165,28 @@ def test_stock_srmodel_trains_beside_the_plugin(tmp_path):
         'manual_seed': 0,
         'datasets': {
             'train': {
-                'name': 'tr', 'type': 'PairedImageDataset', 'dataroot_gt': str(tmp_path / 'gt'),
-                'dataroot_lq': str(tmp_path / 'lq'), 'io_backend': {'type': 'disk'}, 'gt_size': 16,
-                'use_hflip': True, 'use_rot': True, 'num_worker_per_gpu': 0, 'batch_size_per_gpu': 2,
-                'dataset_enlarge_ratio': 1, 'prefetch_mode': None,
+                'name': 'tr',
+                'type': 'PairedImageDataset',
+                'dataroot_gt': str(tmp_path / 'gt'),
+                'dataroot_lq': str(tmp_path / 'lq'),
+                'io_backend': {'type': 'disk'},
+                'gt_size': 16,
+                'use_hflip': True,
+                'use_rot': True,
+                'num_worker_per_gpu': 0,
+                'batch_size_per_gpu': 2,
+                'dataset_enlarge_ratio': 1,
+                'prefetch_mode': None,
             },  # fmt: skip
         },
-        'network_g': {'type': 'MSRResNet', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'upscale': 2},
+        'network_g': {
+            'type': 'MSRResNet',
+            'num_in_ch': 3,
+            'num_out_ch': 3,
+            'num_feat': 8,
+            'num_block': 1,
+            'upscale': 2,
+        },
         'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
         'train': {
             'ema_decay': 0.999,
@@ -188,11 +205,17 @@ def test_stock_srmodel_trains_beside_the_plugin(tmp_path):
 
 def test_installed_wheel_carries_the_startup_hook(tmp_path):
     """A normal (non-editable) wheel puts the .pth, .start and boot module at the top of site-packages."""
-    proc = run_python(['-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w', str(tmp_path), str(REPO)],
+    src = tmp_path / 'src'  # build from a copy, so the checkout gets no build/ folder
+    src.mkdir()
+    for item in ('setup.py', 'pyproject.toml', 'README.md', 'startup', 'llmhdr_basicsr'):
+        if (REPO / item).is_dir():
+            shutil.copytree(REPO / item, src / item, ignore=shutil.ignore_patterns('__pycache__'))
+        else:
+            shutil.copy2(REPO / item, src / item)
+    proc = run_python(['-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w', str(tmp_path), str(src)],
                       cwd=tmp_path)  # fmt: skip
     assert_ok(proc)
     wheel = next(tmp_path.glob('llmhdr_basicsr-*.whl'))
-    import zipfile
 
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {'llmhdr_basicsr.pth', 'llmhdr_basicsr.start', '_llmhdr_basicsr_boot.py'} <= names

@@ -5,6 +5,7 @@ import json
 import os
 import os.path as osp
 import re
+import sys
 from pathlib import Path
 
 import cv2
@@ -22,6 +23,7 @@ EV_REGEX = r'^(?P<scene>.+?)(_ev[-+]?\d+)?$'
 def prep():
     spec = importlib.util.spec_from_file_location('prepare_data', SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules['prepare_data'] = module  # dataclasses and multiprocessing pickling look the module up by name
     spec.loader.exec_module(module)
     return module
 
@@ -147,8 +149,8 @@ def test_synth_records_cameras_that_reproduce_the_png(prep, tmp_path):
         assert (gt / name.replace('.png', '.exr')).read_bytes() == Path(row['source']).read_bytes()
     assert crfs == {'gamma', 'sigmoid'}
     # same seed -> same bytes; another seed -> different images
-    assert prep.main(['synth', '--hdr', str(hdr_dir), '--out', str(tmp_path / 'again'), '--per-image', '2', '--seed', '7',
-                      '--jpeg-prob', '0.5', '--wb-jitter', '0.1']) == 0  # fmt: skip
+    again = ['synth', '--hdr', str(hdr_dir), '--out', str(tmp_path / 'again'), '--per-image', '2', '--seed', '7']
+    assert prep.main(again + ['--jpeg-prob', '0.5', '--wb-jitter', '0.1']) == 0
     assert prep.main(['synth', '--hdr', str(hdr_dir), '--out', str(tmp_path / 'other'), '--seed', '8']) == 0
     for name in record:
         assert (tmp_path / 'again' / name).read_bytes() == (out / name).read_bytes()
@@ -170,7 +172,19 @@ def test_crop_covers_and_preserves_values(prep, tmp_path, workers):
     codes16 = rng.integers(0, 65536, size=(30, 20, 3), dtype=np.uint16)
     write_ldr(str(src / 'photo.png'), codes16 / 65535.0, bit_depth=16)
     out = tmp_path / 'tiles'
-    argv = ['crop', '--input', str(src), '--output', str(out), '--crop-size', '16', '--step', '12', '--workers', workers]
+    argv = [
+        'crop',
+        '--input',
+        str(src),
+        '--output',
+        str(out),
+        '--crop-size',
+        '16',
+        '--step',
+        '12',
+        '--workers',
+        workers,
+    ]
     assert prep.main(argv) == 0
     tiles = json.loads((tmp_path / 'tiles_crops.json').read_text())['tiles']
     assert sorted(t['tile'] for t in tiles) == sorted(os.listdir(out))
@@ -222,7 +236,10 @@ def test_preset_ntire_pairs_by_id_and_copies_align_ratio(prep, tmp_path):
         write_ldr(str(root / f'{i:04d}_gt.png'), rng.random((8, 8, 3)), bit_depth=16)
         np.save(root / f'{i:04d}_alignratio.npy', np.float32(1000.0 + i))
     out = tmp_path / 'out'
-    assert prep.main(['split', '--preset', 'ntire', '--root', str(root), '--out', str(out), '--test-fraction', '0.25']) == 0
+    assert (
+        prep.main(['split', '--preset', 'ntire', '--root', str(root), '--out', str(out), '--test-fraction', '0.25'])
+        == 0
+    )
     record = json.loads((out / 'split.json').read_text())
     assert len(record['scenes']['paired']) == 4
     for gt in os.listdir(out / 'train_hdr'):
@@ -249,12 +266,14 @@ def test_exposure_hits_the_clip_fraction_and_crfs_invert():
     hdr = np.exp(np.random.default_rng(12).normal(0, 2, size=(64, 64, 3))).astype(np.float32)
     for target in (0.02, 0.1, 0.16):
         params = cam.resolve_camera(hdr, cam.CameraParams(clip_fraction=target, bit_depth=None))
-        assert params.measured_clip_fraction == pytest.approx(target, abs=1.0 / hdr[..., 0].size + 1e-9)
+        assert params.measured_clip_fraction == pytest.approx(target, abs=2.0 / hdr[..., 0].size)
         ldr = cam.apply_camera(hdr, params)
         assert np.mean(ldr.max(axis=2) >= 1.0) == pytest.approx(target, abs=1e-3)
     x = np.linspace(0, 1, 101)
-    for params in (cam.CameraParams(crf='gamma', gamma=2.4),
-                   cam.CameraParams(crf='sigmoid', gamma=None, sigmoid_exponent=0.9, sigmoid_beta=0.6)):  # fmt: skip
+    for params in (
+        cam.CameraParams(crf='gamma', gamma=2.4),
+        cam.CameraParams(crf='sigmoid', gamma=None, sigmoid_exponent=0.9, sigmoid_beta=0.6),
+    ):
         y = cam.crf_encode(x, params)
         assert y[0] == 0 and y[-1] == pytest.approx(1.0) and np.all(np.diff(y) > 0)
         assert np.allclose(cam.crf_decode(y, params), x, atol=1e-9)

@@ -75,22 +75,28 @@ OUT_DOMAINS = ('hdr_mu', 'ldr')
 Guidance = torch.Tensor | Callable[[torch.Tensor | None], torch.Tensor] | None
 
 
-def output_domain_base(x: torch.Tensor, out_domain: str) -> torch.Tensor:
+def output_domain_base(x: torch.Tensor, out_domain: str, headroom: float = 0.0) -> torch.Tensor:
     """The generator input mapped to the output domain without learning (the residual base).
 
+    HDR in the model is ``T(H / 2^headroom)``: linear HDR whose diffuse white (the LDR clipping level, the
+    normalisation reference of the datasets) is 1, compressed with mu-law after leaving ``headroom`` stops above white
+    for highlights (method.md §7: real light sources sit 2.6-17x above clip).
+
     Args:
-        x: ``(N, 3, H, W)``; for ``'hdr_mu'`` display-referred sRGB LDR in [0, 1], for ``'ldr'`` mu-law-compressed
-            (mu = 5000) normalised linear HDR in [0, 1].
-        out_domain: ``'hdr_mu'`` -> ``mu_law(srgb_decode(x))`` (mu-law HDR); ``'ldr'`` ->
-            ``srgb_encode(mu_law_inverse(x))`` (sRGB LDR, linear values above 1 clip).
+        x: ``(N, 3, H, W)``; for ``'hdr_mu'`` display-referred sRGB LDR in [0, 1], for ``'ldr'`` HDR in that
+            mu-law space, in [0, 1].
+        out_domain: ``'hdr_mu'`` -> ``mu_law(srgb_decode(x) / 2^headroom)`` (the linearised LDR, white at 1);
+            ``'ldr'`` -> ``srgb_encode(mu_law_inverse(x) * 2^headroom)`` (sRGB LDR, linear values above white clip).
+        headroom: stops between diffuse white and the top of the mu-law range.
 
     Returns:
         ``(N, 3, H, W)`` in [0, 1], in the output domain (display-like in both cases).
     """
+    gain = 2.0**headroom
     if out_domain == 'hdr_mu':
-        return mu_law(srgb_decode(x))
+        return mu_law(srgb_decode(x) / gain)
     if out_domain == 'ldr':
-        return srgb_encode(mu_law_inverse(x))
+        return srgb_encode(mu_law_inverse(x) * gain)
     raise ValueError(f'out_domain must be one of {OUT_DOMAINS}, got {out_domain!r}')
 
 
@@ -152,6 +158,10 @@ class FeedbackUNet(nn.Module):
             ``channel_reduce``, ``artifact_*``); keep them equal to the perception loss's.
         init_std: std of the N(0, std) weight initialisation.
         pad_mode: padding to a multiple of 8: ``'replicate'`` (any size) or ``'reflect'`` (input > pad needed).
+        headroom: stops of highlight range above diffuse white in the HDR (mu-law) domain, see
+            :func:`output_domain_base`; 0 puts white at the top (no highlight expansion possible). The training
+            option files use 4 (16x white). :class:`~llmhdr_basicsr.models.cyclehdr_model.CycleHDRModel` reads it
+            from ``network_g`` to map linear HDR in and out of this domain.
     """
 
     def __init__(
@@ -173,6 +183,7 @@ class FeedbackUNet(nn.Module):
         perception_opt: dict | None = None,
         init_std: float = 0.02,
         pad_mode: str = 'replicate',
+        headroom: float = 0.0,
     ) -> None:
         super().__init__()
         if out_domain not in OUT_DOMAINS:
@@ -195,12 +206,9 @@ class FeedbackUNet(nn.Module):
         if guidance_dim < 0:
             raise ValueError(f'FeedbackUNet: guidance_dim must be >= 0, got {guidance_dim}')
         self.num_iter, self.gating, self.out_domain = num_iter, gating, out_domain
-        self.residual, self.residual_eps, self.detach_maps, self.pad_mode = (
-            residual,
-            residual_eps,
-            detach_maps,
-            pad_mode,
-        )
+        self.headroom = float(headroom)
+        self.residual, self.residual_eps = residual, residual_eps
+        self.detach_maps, self.pad_mode = detach_maps, pad_mode
         self.num_in_ch, self.guidance_dim = num_in_ch, guidance_dim
         self.perception_opt = dict(perception_opt or {})
         try:  # fail at construction, not in the first training step, on a bad perception_opt
@@ -307,7 +315,7 @@ class FeedbackUNet(nn.Module):
 
         base = base_logit = None
         if self.residual or self.gating:
-            base = output_domain_base(xp, self.out_domain)
+            base = output_domain_base(xp, self.out_domain, self.headroom)
         if self.residual:
             b = base.clamp(self.residual_eps, 1.0 - self.residual_eps)
             base_logit = torch.log(b) - torch.log1p(-b)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os.path as osp
@@ -15,7 +16,6 @@ from .dataset_util import (
     LDR_FOLDER_EXTENSIONS,
     HDRDatasetBase,
     ensure_finite,
-    relative_stem,
     sample_rng,
 )
 from .hdr_transforms import DEFAULT_HDR_NORM, img2tensor, parse_hdr_norm, random_crop, random_flip_rot
@@ -66,18 +66,19 @@ class UnpairedLDRHDRDataset(HDRDatasetBase):
       are black at that percentile).
     - ``hdr_exposure_aug`` (default null = off): ``[low, high]`` in stops; train phase: the normalised HDR crop is
       multiplied by ``2 ** U(low, high)``.
-    - ``maps_cache`` (optional): folder of precomputed perception maps (method.md §3: over-exposure, under-exposure,
-      artifact maps of the LDR input, e.g. from a VLM pass). One file per LDR image:
-      ``<maps_cache>/<path of the LDR image relative to dataroot_ldr, without extension>.npy`` (``<stem>.npy`` for a
-      flat folder) holding a ``(3, H, W)`` array (float16 recommended) in [0, 1] at the LDR image's resolution. It is
-      cropped/flipped with the same window as the LDR image. A missing, unreadable or mis-shaped file gives zeros and
-      ``ldr_maps_valid = 0`` (one warning per file and process for the last two) so that batches always collate.
+    - ``maps_cache`` (optional): a perception cache folder written by ``llmhdr-perceive`` (method.md §3: artifact,
+      over- and under-exposure maps of the LDR input from a VLM, keyed by file content and prompt; see
+      :mod:`llmhdr_basicsr.perception.cache`); ``maps_cache_model`` / ``maps_cache_config`` choose the configuration
+      when the folder holds several. The maps are resized to the LDR image and cut/flipped with the same window. An
+      image without an entry gets zeros and ``ldr_maps_valid = 0`` (the model then uses the heuristic maps for it;
+      the first miss is logged, later ones counted by the cache) so that batches always collate.
     - ``cache_images`` (default false): keep all decoded (and normalised) images in memory, see
       :mod:`llmhdr_basicsr.data.dataset_util`.
 
     Returns (``__getitem__``): a dict with
 
     - ``'ldr'``: ``(3, h, w)`` float32 RGB, display-referred (sRGB-encoded), in [0, 1];
+    - ``'ldr_key'``: a digest of exactly these LDR pixels, the key of the CLIP/SAM caches of the fixed LDR side;
     - ``'hdr'``: ``(3, h', w')`` float32 linear RGB, >= 0, normalised as above (may exceed 1);
     - ``'hdr_scale'``: float32 scalar tensor, ``hdr * hdr_scale`` gives the file's values (exposure aug included);
     - ``'ldr_path'``, ``'hdr_path'``: str;
@@ -88,7 +89,7 @@ class UnpairedLDRHDRDataset(HDRDatasetBase):
     OPTION_KEYS = frozenset(
         {
             'dataroot_ldr', 'dataroot_hdr', 'meta_info_ldr', 'meta_info_hdr', 'crop_size', 'use_hflip', 'use_rot',
-            'hdr_norm', 'hdr_exposure_aug', 'maps_cache', 'cache_images',
+            'hdr_norm', 'hdr_exposure_aug', 'maps_cache', 'maps_cache_model', 'maps_cache_config', 'cache_images',
         }
     )  # fmt: skip
 
@@ -103,10 +104,7 @@ class UnpairedLDRHDRDataset(HDRDatasetBase):
         self.use_rot = self._bool_opt('use_rot', False)
         self.hdr_percentile = parse_hdr_norm(opt.get('hdr_norm', DEFAULT_HDR_NORM))
         self.exposure_range = parse_exposure_range(opt.get('hdr_exposure_aug'), self.name)
-        self.maps_root = osp.expanduser(str(opt['maps_cache'])) if opt.get('maps_cache') is not None else None
-        self._maps_warned: set[str] = set()
-        if self.maps_root is not None:
-            self._check_maps_root()
+        self.maps_cache = self._open_maps_cache(opt)
         if self._bool_opt('cache_images', False):
             self.preload('ldr', self.ldr_paths, self.read_ldr)
             self.preload('hdr', self.hdr_paths, lambda p: self.read_hdr(p, self.hdr_percentile))
@@ -115,40 +113,26 @@ class UnpairedLDRHDRDataset(HDRDatasetBase):
         return len(self.ldr_paths)
 
     # ------------------------------------------------------------------------------------------------ maps
-    def maps_path(self, ldr_path: str) -> str:
-        """Cache file of the perception maps of one LDR image (see the class docstring)."""
-        return osp.join(self.maps_root, relative_stem(ldr_path, self.ldr_root) + '.npy')
+    def _open_maps_cache(self, opt: dict):
+        """The :class:`~llmhdr_basicsr.perception.cache.PerceptionCache` written by ``llmhdr-perceive``, or None."""
+        if opt.get('maps_cache') is None:
+            return None
+        from llmhdr_basicsr.perception.cache import PerceptionCache
 
-    def _check_maps_root(self) -> None:
-        if not osp.isdir(self.maps_root):
-            raise FileNotFoundError(f'{self.name}: maps_cache folder does not exist: {self.maps_root}')
-        found = sum(osp.isfile(self.maps_path(p)) for p in self.ldr_paths)
-        msg = f'{self.name}: perception maps found in {self.maps_root} for {found} of {len(self.ldr_paths)} LDR images'
+        cache = PerceptionCache.open(
+            osp.expanduser(str(opt['maps_cache'])),
+            model=opt.get('maps_cache_model'),
+            config=opt.get('maps_cache_config'),
+        )
+        found = sum(cache.contains(p) for p in self.ldr_paths)
+        msg = f'{self.name}: {cache!r} holds perception maps for {found} of {len(self.ldr_paths)} LDR images'
         (logger.info if found else logger.warning)(msg)
-
-    def _maps_problem(self, path: str, problem: str) -> None:
-        if path not in self._maps_warned:
-            self._maps_warned.add(path)
-            logger.warning(f'{self.name}: ignoring perception maps {path}: {problem} (returning zeros, valid = 0)')
+        return cache
 
     def read_maps(self, ldr_path: str, height: int, width: int) -> np.ndarray | None:
-        """``(H, W, 3)`` float32 maps in [0, 1] of one LDR image, or None if there is no usable cache entry."""
-        path = self.maps_path(ldr_path)
-        if not osp.isfile(path):
-            return None
-        try:
-            maps = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            self._maps_problem(path, f'cannot be read ({err})')
-            return None
-        if maps.ndim != 3 or tuple(maps.shape) != (3, height, width):
-            self._maps_problem(path, f'shape {tuple(maps.shape)}, expected (3, {height}, {width}) as the LDR image')
-            return None
-        maps = maps.astype(np.float32)
-        if not np.isfinite(maps).all():
-            self._maps_problem(path, 'non-finite values')
-            return None
-        return np.clip(maps, 0.0, 1.0).transpose(1, 2, 0)
+        """``(H, W, 3)`` float32 maps in [0, 1] of one LDR image, or None (missing entry: heuristic fallback)."""
+        maps = self.maps_cache.lookup(ldr_path, (height, width))
+        return None if maps is None else np.ascontiguousarray(maps.transpose(1, 2, 0))
 
     # ------------------------------------------------------------------------------------------------ sample
     def __getitem__(self, index: int) -> dict:
@@ -163,7 +147,7 @@ class UnpairedLDRHDRDataset(HDRDatasetBase):
         ldr_path, hdr_path = self.ldr_paths[ldr_index], self.hdr_paths[hdr_index]
         ldr_parts = [ldr]
         maps = None
-        if self.maps_root is not None:
+        if self.maps_cache is not None:
             maps = self.read_maps(ldr_path, *ldr.shape[:2])
             if maps is not None:
                 ldr_parts.append(maps)
@@ -185,7 +169,9 @@ class UnpairedLDRHDRDataset(HDRDatasetBase):
             'ldr_path': ldr_path,
             'hdr_path': hdr_path,
         }
-        if self.maps_root is not None:
+        # Names these exact LDR pixels (crop and flips included): the key of the CLIP/SAM LDR-side caches.
+        out['ldr_key'] = hashlib.blake2b(out['ldr'].numpy().tobytes(), digest_size=10).hexdigest()
+        if self.maps_cache is not None:
             h, w = out['ldr'].shape[1:]
             out['ldr_maps'] = img2tensor(ldr_parts[1]) if maps is not None else torch.zeros(3, h, w)
             out['ldr_maps_valid'] = torch.tensor(float(maps is not None))

@@ -15,9 +15,9 @@ cached answers of a VLM about the *input*, channels [artifact, over, under]) re-
 from __future__ import annotations
 
 import torch
+from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
-from basicsr.utils.registry import LOSS_REGISTRY
 from llmhdr_basicsr.perception.heuristic import heuristic_maps
 
 

@@ -13,8 +13,10 @@ D_X               ``network_d_ldr``       PatchGAN on LDR
 ================  ======================  ==============================================================
 
 Domains inside the model (method.md §5): LDR tensors are display-referred sRGB in [0, 1]; HDR tensors are the
-**mu-law-compressed** (mu = 5000) per-image-normalised linear HDR in [0, 1] ("T-space"). The datasets deliver linear
-normalised HDR; :meth:`feed_data` compresses it. Generators output T-space HDR, discriminators see T-space HDR, and
+**mu-law-compressed** (mu = 5000) per-image-normalised linear HDR in [0, 1] ("T-space"): ``T(H / 2^headroom)``, with
+diffuse white (the datasets' normalisation reference, ~ the LDR clipping level) ``headroom`` stops below the top of
+the range (``network_g.headroom``, 4 in the option files). The datasets deliver linear normalised HDR;
+:meth:`feed_data` compresses it. Generators output T-space HDR, discriminators see T-space HDR, and
 the HDR cycle / identity terms are L1 in T-space (the "tone-mapped domain"). Linear HDR comes back only when results
 are written (``mu_law_inverse``).
 
@@ -42,15 +44,10 @@ New functions: ``feed_data``, ``optimize_parameters``, ``test``, ``nondist_valid
 from __future__ import annotations
 
 import contextlib
-import os
 import os.path as osp
-import tempfile
 from collections import OrderedDict
 
 import torch
-from torch.nn.parallel import DataParallel, DistributedDataParallel
-from tqdm import tqdm
-
 from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from basicsr.metrics import calculate_metric
@@ -58,9 +55,13 @@ from basicsr.models.base_model import BaseModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
+from torch.nn.parallel import DataParallel, DistributedDataParallel
+from tqdm import tqdm
+
 from llmhdr_basicsr.models.image_pool import ImagePool
 from llmhdr_basicsr.models.lr_scheduler import build_scheduler
 from llmhdr_basicsr.perception.heuristic import heuristic_maps
+from llmhdr_basicsr.utils.fileio import atomic_write
 from llmhdr_basicsr.utils.hdr_io import write_hdr, write_ldr
 from llmhdr_basicsr.utils.options import check_keys
 from llmhdr_basicsr.utils.tonemap import mu_law, mu_law_inverse, tonemap_preview
@@ -70,10 +71,10 @@ LOSS_BLOCKS = ('gan_opt', 'cycle_opt', 'identity_opt', 'llm_opt', 'clip_opt', 's
 TRAIN_KEYS = (
     *(f'{b}' for b in LOSS_BLOCKS),
     'optim_g', 'optim_d', 'scheduler', 'total_iter', 'warmup_iter', 'ema_decay', 'pool_size', 'net_d_iters',
-    'net_d_init_iters', 'deep_supervision', 'amp', 'channels_last', 'mu', 'perception_gating_source',
+    'net_d_init_iters', 'deep_supervision', 'amp', 'channels_last',
 )  # fmt: skip
 VAL_KEYS = ('val_freq', 'save_img', 'suffix', 'pbar', 'metrics', 'output_ext', 'preview', 'preview_stops',
-            'tb_images', 'max_images')  # fmt: skip
+            'tb_images', 'clip_guidance')  # fmt: skip
 
 
 def _unwrap(output):
@@ -93,10 +94,11 @@ class CycleHDRModel(BaseModel):
 
     def __init__(self, opt: dict):
         super().__init__(opt)
-        self.mu = float(opt.get('train', {}).get('mu', 5000.0)) if opt.get('train') else 5000.0
         self.net_g = self._build('g')
         self.net_g_hdr2ldr = self._build('g_hdr2ldr') if 'network_g_hdr2ldr' in opt else None
+        self.headroom = float(getattr(self.get_bare_model(self.net_g), 'headroom', 0.0))
         self.net_d_hdr = self.net_d_ldr = None
+        self.guidance_encoder = None
         if self.is_train:
             check_keys(opt['train'], TRAIN_KEYS, 'train')
             if opt.get('val'):
@@ -105,9 +107,15 @@ class CycleHDRModel(BaseModel):
                 if f'network_{name}' not in opt:
                     raise KeyError(f'CycleHDRModel training needs the option block network_{name}')
             self.net_g_hdr2ldr = self.net_g_hdr2ldr or self._build('g_hdr2ldr')
+            if float(getattr(self.get_bare_model(self.net_g_hdr2ldr), 'headroom', 0.0)) != self.headroom:
+                raise ValueError('network_g and network_g_hdr2ldr must use the same headroom (their HDR domain)')
             self.net_d_hdr = self._build('d_hdr')
             self.net_d_ldr = self._build('d_ldr')
             self.init_training_settings()
+        elif (self.opt.get('val') or {}).get('clip_guidance'):
+            self._setup_guidance(build_loss(self.opt['val']['clip_guidance']).to(self.device), 'val.clip_guidance')
+        else:
+            self._setup_guidance(None, 'val.clip_guidance')
 
     # ------------------------------------------------------------------------------------------------ construction
     def _build(self, name: str):
@@ -167,6 +175,7 @@ class CycleHDRModel(BaseModel):
                     cri = None
             self.losses[block] = cri
         self.cri_gan = self.losses['gan_opt']
+        self._setup_guidance(self.losses['clip_opt'], 'train.clip_opt')
         if self.cri_gan is None:
             logger.warning('train.gan_opt is missing: training without the adversarial term.')
         self.pool_hdr = ImagePool(train_opt.get('pool_size', 50))
@@ -178,12 +187,53 @@ class CycleHDRModel(BaseModel):
         self.setup_optimizers()
         self.setup_schedulers()
 
+    def _setup_guidance(self, clip_loss, where: str):
+        """CLIP guidance of the generators (method.md §2.3): concat(E(input), E(previous output)) feeds FiLM.
+
+        Only for generators built with ``guidance_dim > 0``; the encoder is the frozen CLIP of the contrastive loss
+        (``train.clip_opt`` when training, ``val.clip_guidance`` — the same kind of block — for testing). Guidance
+        embeddings are computed without gradient: they condition the decoder, the contrastive loss trains it.
+        """
+        wanted = [n for n in ('g', 'g_hdr2ldr') if self._guidance_dim(n)]
+        if not wanted:
+            return
+        if clip_loss is None:
+            raise ValueError(
+                f'network_{wanted[0]}.guidance_dim > 0 needs a CLIP encoder: set {where} (type CLIPContrastiveLoss) '
+                'with a local checkpoint, or set guidance_dim: 0'
+            )
+        for name in wanted:
+            if self._guidance_dim(name) != 2 * clip_loss.embed_dim:
+                raise ValueError(
+                    f'network_{name}.guidance_dim must be 2 x the CLIP embedding size = {2 * clip_loss.embed_dim}'
+                )
+        self.guidance_encoder = clip_loss
+
+    def _guidance_dim(self, name: str) -> int:
+        net = getattr(self, f'net_{name}', None)
+        return 0 if net is None else getattr(self.get_bare_model(net), 'guidance_dim', 0)
+
+    def _run(self, net, x: torch.Tensor, **kwargs):
+        """Call a generator, with CLIP guidance built from its input when the generator takes guidance."""
+        enc = self.guidance_encoder
+        if enc is None or not getattr(self.get_bare_model(net), 'guidance_dim', 0):
+            return net(x, **kwargs)
+        with torch.no_grad():
+            e_in = enc.embed(x).detach()
+
+        def guidance(prev):
+            with torch.no_grad():
+                e_out = e_in if prev is None else enc.embed(prev).detach()
+            return torch.cat([e_in, e_out], dim=1)
+
+        return net(x, guidance=guidance, **kwargs)
+
     def _setup_amp(self, amp):
         self.amp_dtype = None
         if amp in (None, False, 'none', 'fp32'):
             return
         if amp not in ('bf16', 'fp16'):
-            raise ValueError(f"train.amp must be one of bf16, fp16, none; got {amp!r}")
+            raise ValueError(f'train.amp must be one of bf16, fp16, none; got {amp!r}')
         if self.device.type != 'cuda':
             get_root_logger().warning(f'train.amp={amp} needs a GPU; training in fp32 on {self.device}.')
             return
@@ -222,11 +272,11 @@ class CycleHDRModel(BaseModel):
     def feed_data(self, data: dict):
         """Move a batch to the device; HDR is mu-law-compressed into T-space (see the module docstring)."""
         self.ldr_paths = data.get('ldr_path', data.get('lq_path'))
-        self.ldr_crops = data.get('ldr_crop')  # 'top,left,h,w,flip,rot' strings from the unpaired dataset
+        self.ldr_keys = data.get('ldr_key')  # digests of the exact LDR pixels (unpaired dataset)
         self.real_ldr = self.real_hdr = self.gt = self.ldr_prior = None
         if 'ldr' in data:  # unpaired training batch
             self.real_ldr = data['ldr'].to(self.device)
-            self.real_hdr = mu_law(data['hdr'].to(self.device), self.mu)
+            self.real_hdr = self.to_model_hdr(data['hdr'].to(self.device))
             if 'ldr_maps' in data:
                 valid = data.get('ldr_maps_valid', torch.ones(len(self.real_ldr)))
                 self.ldr_prior = (data['ldr_maps'].to(self.device), valid.to(self.device).float().view(-1, 1, 1, 1))
@@ -234,11 +284,21 @@ class CycleHDRModel(BaseModel):
             if 'lq' in data:
                 self.real_ldr = data['lq'].to(self.device)
             if 'hdr' in data:
-                self.real_hdr = mu_law(data['hdr'].to(self.device), self.mu)
+                self.real_hdr = self.to_model_hdr(data['hdr'].to(self.device))
             if 'gt' in data:
                 self.gt = data['gt'].to(self.device)  # linear HDR, for metrics
         if self.opt.get('train', {}).get('channels_last') and self.device.type == 'cuda':
-            self.real_ldr = None if self.real_ldr is None else self.real_ldr.contiguous(memory_format=torch.channels_last)
+            if self.real_ldr is not None:
+                self.real_ldr = self.real_ldr.contiguous(memory_format=torch.channels_last)
+
+    def to_model_hdr(self, linear: torch.Tensor) -> torch.Tensor:
+        """Linear HDR (diffuse white ~ 1, as the datasets normalise it) -> the model's domain
+        ``T(min(H / 2^headroom, 1))`` in [0, 1] (mu-law, mu = 5000; values beyond the headroom clip)."""
+        return mu_law((linear / 2.0**self.headroom).clamp(0.0, 1.0))
+
+    def to_linear(self, t: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`to_model_hdr`: model-domain HDR in [0, 1] -> linear HDR, white ~ 1, up to 2^headroom."""
+        return mu_law_inverse(t) * 2.0**self.headroom
 
     def _gating_maps(self):
         """Iteration-0 gating maps of G_Y: cached VLM maps where valid, the heuristic elsewhere (or None)."""
@@ -272,8 +332,8 @@ class CycleHDRModel(BaseModel):
         self.optimizer_g.zero_grad(set_to_none=True)
         with self._autocast():
             maps = self._gating_maps()
-            fake_hdr_all = self.net_g(ldr, maps=maps, return_all=True)  # G_Y(x), every feedback iteration
-            fake_ldr_all = self.net_g_hdr2ldr(hdr, return_all=True)  # G_X(y)
+            fake_hdr_all = self._run(self.net_g, ldr, maps=maps, return_all=True)  # G_Y(x), every feedback iteration
+            fake_ldr_all = self._run(self.net_g_hdr2ldr, hdr, return_all=True)  # G_X(y)
             fake_hdr, fake_ldr = _unwrap(fake_hdr_all), _unwrap(fake_ldr_all)
             l_total = 0
             if step_g:
@@ -281,11 +341,11 @@ class CycleHDRModel(BaseModel):
                     loss_dict['l_g_gan_hdr'] = self._adv(self.net_d_hdr, fake_hdr_all)
                     loss_dict['l_g_gan_ldr'] = self._adv(self.net_d_ldr, fake_ldr_all)
                 if cri['cycle_opt'] is not None:  # forward and backward cycles (Eq. cycle, method.md §6.2)
-                    loss_dict['l_g_cycle_ldr'] = cri['cycle_opt'](self.net_g_hdr2ldr(fake_hdr), ldr)
-                    loss_dict['l_g_cycle_hdr'] = cri['cycle_opt'](self.net_g(fake_ldr), hdr)
+                    loss_dict['l_g_cycle_ldr'] = cri['cycle_opt'](self._run(self.net_g_hdr2ldr, fake_hdr), ldr)
+                    loss_dict['l_g_cycle_hdr'] = cri['cycle_opt'](self._run(self.net_g, fake_ldr), hdr)
                 if cri['identity_opt'] is not None:  # G_Y(T(y)) ~ T(y), G_X(x) ~ x (method.md §6.3)
-                    loss_dict['l_g_identity_hdr'] = cri['identity_opt'](self.net_g(hdr), hdr)
-                    loss_dict['l_g_identity_ldr'] = cri['identity_opt'](self.net_g_hdr2ldr(ldr), ldr)
+                    loss_dict['l_g_identity_hdr'] = cri['identity_opt'](self._run(self.net_g, hdr), hdr)
+                    loss_dict['l_g_identity_ldr'] = cri['identity_opt'](self._run(self.net_g_hdr2ldr, ldr), ldr)
                 if cri['llm_opt'] is not None:
                     prior = None if self.ldr_prior is None else self.ldr_prior[0] * self.ldr_prior[1]
                     loss_dict['l_g_llm_hdr'] = cri['llm_opt'](fake_hdr, self._base(ldr, 'g'), prior)
@@ -349,13 +409,11 @@ class CycleHDRModel(BaseModel):
         from llmhdr_basicsr.archs.feedback_unet_arch import output_domain_base
 
         net = self.get_bare_model(self.net_g if name == 'g' else self.net_g_hdr2ldr)
-        return output_domain_base(x, net.out_domain).detach()
+        return output_domain_base(x, net.out_domain, net.headroom).detach()
 
     def _crop_keys(self):
-        """Keys naming the exact LDR pixels of the batch (path + crop window) for the CLIP/SAM LDR-side caches."""
-        if self.ldr_paths is None or self.ldr_crops is None:
-            return None
-        return [f'{p}|{c}' for p, c in zip(self.ldr_paths, self.ldr_crops)]
+        """Keys naming the exact LDR pixels of the batch, for the CLIP/SAM LDR-side caches (None: no caching)."""
+        return None if self.ldr_keys is None else list(self.ldr_keys)
 
     # ------------------------------------------------------------------------------------------------ inference
     def test(self):
@@ -364,14 +422,14 @@ class CycleHDRModel(BaseModel):
         with torch.no_grad():
             if self.real_ldr is not None:
                 net.eval()
-                self.output = _unwrap(net(self.real_ldr))
+                self.output = _unwrap(self._run(net, self.real_ldr))
                 self.direction = 'ldr2hdr'
             else:
                 net = self.net_g_hdr2ldr
                 if net is None:
                     raise KeyError('HDR inputs need network_g_hdr2ldr (the tone-mapping generator) in the options')
                 net.eval()
-                self.output = _unwrap(net(self.real_hdr))
+                self.output = _unwrap(self._run(net, self.real_hdr))
                 self.direction = 'hdr2ldr'
             net.train(self.is_train)
 
@@ -380,9 +438,9 @@ class CycleHDRModel(BaseModel):
         out = OrderedDict()
         if self.direction == 'ldr2hdr':
             out['lq'] = self.real_ldr.detach().cpu()
-            out['result'] = mu_law_inverse(self.output.detach().float(), self.mu).cpu()
+            out['result'] = self.to_linear(self.output.detach().float()).cpu()
         else:
-            out['lq'] = mu_law_inverse(self.real_hdr.detach().float(), self.mu).cpu()
+            out['lq'] = self.to_linear(self.real_hdr.detach().float()).cpu()
             out['result'] = self.output.detach().float().cpu()
         if self.gt is not None:
             out['gt'] = self.gt.detach().cpu()
@@ -482,21 +540,12 @@ class CycleHDRModel(BaseModel):
 
     @staticmethod
     def _atomic_save(obj, path: str):
-        """torch.save to a temporary file in the same folder, then rename: never a half-written checkpoint."""
-        folder = osp.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix='.tmp_', suffix='.pth', dir=folder)
-        os.close(fd)
-        try:
-            torch.save(obj, tmp)
-            os.replace(tmp, path)
-        finally:
-            if osp.exists(tmp):
-                os.remove(tmp)
+        """torch.save through a temporary file and a rename: never a half-written checkpoint under ``path``."""
+        atomic_write(path, lambda f: torch.save(obj, f), fsync=True)
 
     @master_only
     def save_network(self, net, net_label, current_iter, param_key='params'):
-        """BasicSR layout ``{param_key: state_dict}`` at ``models/<net_label>_<iter|latest>.pth``, written atomically."""
+        """BasicSR layout ``{param_key: state_dict}`` in ``models/<net_label>_<iter|latest>.pth``, atomically."""
         label = 'latest' if current_iter == -1 else current_iter
         nets = net if isinstance(net, list) else [net]
         keys = param_key if isinstance(param_key, list) else [param_key]
@@ -524,4 +573,3 @@ class CycleHDRModel(BaseModel):
         super().resume_training(resume_state)
         if 'scaler' in resume_state and self.amp_dtype is torch.float16:
             self.scaler.load_state_dict(resume_state['scaler'])
-

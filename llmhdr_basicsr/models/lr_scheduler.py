@@ -42,6 +42,6 @@ def build_scheduler(optimizer, opt: dict) -> LRScheduler:
     if kind == 'LinearDecayLR':
         return LinearDecayLR(optimizer, **opt)
     raise ValueError(
-        f'train.scheduler.type {kind!r} is unknown; choose MultiStepLR, MultiStepRestartLR, CosineAnnealingRestartLR or '
-        'LinearDecayLR'
+        f'train.scheduler.type {kind!r} is unknown; choose MultiStepLR, MultiStepRestartLR, '
+        'CosineAnnealingRestartLR or LinearDecayLR'
     )

@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import os.path as osp
-import tempfile
 import threading
 import time
 import zipfile
@@ -43,6 +42,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from llmhdr_basicsr.utils.fileio import atomic_write
 
 from ..version import __version__
 
@@ -346,19 +347,9 @@ class PerceptionCache:
             self._write_config()
         return path
 
-    def _atomic_write(self, path: str, write) -> None:
-        fd, tmp = tempfile.mkstemp(prefix='.tmp_', suffix='.npz', dir=self.cache_dir)
-        try:
-            with os.fdopen(fd, 'wb') as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; entries are meant to be shared (e.g. by training jobs)
-            os.replace(tmp, path)
-        except BaseException:
-            if osp.exists(tmp):
-                os.remove(tmp)
-            raise
+    @staticmethod
+    def _atomic_write(path: str, write) -> None:
+        atomic_write(path, write, fsync=True)
 
     def _write_config(self) -> None:
         path = osp.join(self.cache_dir, f'config_{self.config_hash[:8]}.json')

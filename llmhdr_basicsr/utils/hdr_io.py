@@ -30,12 +30,13 @@ from __future__ import annotations
 import logging
 import os
 import os.path as osp
-import tempfile
 
 os.environ.setdefault('OPENCV_IO_ENABLE_OPENEXR', '1')
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+
+from llmhdr_basicsr.utils.fileio import atomic_write_bytes  # noqa: E402
 
 logger = logging.getLogger('basicsr.llmhdr')
 
@@ -194,21 +195,11 @@ def read_image(path: str) -> tuple[np.ndarray, bool]:
 
 def _atomic_imwrite(path: str, img: np.ndarray, params: list | None = None) -> None:
     path = str(path)
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     ext = extension(path)
     ok, buf = cv2.imencode(ext, img, params or [])
     if not ok:
         raise OSError(f'OpenCV could not encode {path} (extension {ext})')
-    fd, tmp = tempfile.mkstemp(prefix='.tmp_', suffix=ext, dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(buf.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write_bytes(path, buf.tobytes())
 
 
 def _check_rgb(img: np.ndarray, path: str) -> np.ndarray:

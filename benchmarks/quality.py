@@ -1,0 +1,269 @@
+"""Quality benchmark: train the unpaired CycleHDR model for a fixed wall-clock budget, then score it on held-out real
+HDR scenes next to every classical baseline, with the project's one metric implementation.
+
+Protocol (printed with the results, so anyone can reproduce them):
+
+1. Split ``--data`` (default ``../shared/data``: LDR photos + real HDR scenes) with ``scripts/prepare_data.py
+   example``: a quarter of the HDR scenes is held out as a paired test set (LDR synthesised with seeded random camera
+   curves and exposures, ``llmhdr_basicsr.utils.camera``); of the rest, half the scenes give the HDR training set and
+   the other half give synthesised LDR inputs, added to the real LDR photos — LDR and HDR training sets never show
+   the same scene. ``--test-ldr DIR --test-gt DIR`` replace the generated test set by any paired folder.
+2. Train ``CycleHDRModel`` (all losses that need no external weights: adversarial, cycle, identity, perception) for
+   ``--budget-min`` minutes of wall-clock time on this machine, at a width and crop that fit the budget.
+3. Reconstruct every test LDR with G_Y (full image) and with every registered classical baseline, and score all of
+   them with :func:`llmhdr_basicsr.metrics.hdr_metric.compute_hdr_metrics` (the code behind ``llmhdr-eval`` and the
+   registered metrics; relative HDR aligned by the geometric-mean luminance gain, PU21/ColorVideoVDP at
+   1000 cd/m² for the GT's 99.9th luminance percentile).
+
+Usage::
+
+    python benchmarks/quality.py                          # default 20-minute budget, seed 0
+    python benchmarks/quality.py --budget-min 2 --json q.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+BASELINES = {  # name -> (arch type, kwargs): every registered classical operator, output in linear HDR
+    'linearize (sRGB)': ('LinearizeITMO', {}),
+    'Akyuz 2007': ('AkyuzITMO', {}),
+    'Masia 2009': ('MasiaITMO', {'variant': '2009'}),
+    'Masia 2017': ('MasiaITMO', {'variant': '2017'}),
+    'Kovaleski-Oliveira 2014': ('KovaleskiOliveiraITMO', {}),
+}
+METRICS = ('pu21_psnr', 'cvvdp', 'pu21_ssim', 'psnr_mu', 'log_psnr')
+
+
+def load_prepare_data():
+    spec = importlib.util.spec_from_file_location('prepare_data', REPO / 'scripts' / 'prepare_data.py')
+    module = importlib.util.module_from_spec(spec)
+    sys.modules['prepare_data'] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_split(data: Path, out: Path, seed: int) -> dict:
+    """Run ``prepare_data.py example`` into ``out`` (reused when the same seed already built it)."""
+    record_file = out / 'split.json'
+    stamp = out / '.benchmark_seed'
+    if stamp.is_file() and stamp.read_text() == f'{seed}|{data}':
+        return json.loads(record_file.read_text()) if record_file.is_file() else {}
+    prep = load_prepare_data()
+    code = prep.main(['example', '--data', str(data), '--out', str(out), '--seed', str(seed), '--overwrite'])
+    if code != 0:
+        raise RuntimeError(f'prepare_data.py example failed with exit code {code}')
+    stamp.write_text(f'{seed}|{data}')
+    return json.loads(record_file.read_text()) if record_file.is_file() else {}
+
+
+def training_options(args, split: Path, work: Path) -> dict:
+    opt = yaml.safe_load((REPO / 'options' / 'llmhdr_smoke.yml').read_text())
+    opt['name'] = 'quality_benchmark'
+    train = opt['datasets']['train']
+    train.update(
+        dataroot_ldr=str(split / 'train_ldr'), dataroot_hdr=str(split / 'train_hdr'), crop_size=args.crop,
+        batch_size_per_gpu=args.batch, cache_images=True, phase='train', hdr_exposure_aug=None,
+    )  # fmt: skip
+    for key in ('network_g', 'network_g_hdr2ldr'):
+        opt[key].update(num_feat=args.num_feat, num_iter=args.num_iter)
+    for key in ('network_d_hdr', 'network_d_ldr'):
+        opt[key].update(num_feat=args.num_feat)
+    t = opt['train']
+    t['optim_g']['lr'] = t['optim_d']['lr'] = args.lr
+    t['scheduler'] = {'type': 'MultiStepLR', 'milestones': [10**9], 'gamma': 1.0}
+    t['cycle_opt']['loss_weight'] = args.w_cycle
+    t['identity_opt']['loss_weight'] = args.w_identity
+    t['llm_opt']['loss_weight'] = args.w_llm
+    t['gan_opt']['loss_weight'] = args.w_gan
+    opt.pop('val', None)
+    opt['datasets'].pop('val', None)
+    opt.update(is_train=True, dist=False, rank=0, world_size=1, auto_resume=False, root_path=str(work))
+    exp = work / 'experiments' / opt['name']
+    opt['path'].update(
+        experiments_root=str(exp), models=str(exp / 'models'), training_states=str(exp / 'training_states'),
+        log=str(exp), visualization=str(exp / 'visualization'),
+    )  # fmt: skip
+    return opt
+
+
+def train(opt: dict, budget_s: float, seed: int, log_every: int = 200):
+    """Train until the wall-clock budget is spent; returns the model and a summary."""
+    from basicsr.data import build_dataset
+    from basicsr.models import build_model
+    from torch.utils.data import DataLoader
+
+    import llmhdr_basicsr  # noqa: F401
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    import random
+
+    random.seed(seed)
+    dataset = build_dataset(opt['datasets']['train'])
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(
+        dataset, batch_size=opt['datasets']['train']['batch_size_per_gpu'], shuffle=True, drop_last=True,
+        num_workers=0, generator=generator,
+    )  # fmt: skip
+    model = build_model(copy.deepcopy(opt))
+    start = time.perf_counter()
+    it, history = 0, []
+    while time.perf_counter() - start < budget_s:
+        for batch in loader:
+            it += 1
+            model.feed_data(batch)
+            model.optimize_parameters(it)
+            if it % log_every == 0:
+                logs = {k: round(v, 4) for k, v in model.get_current_log().items() if k.startswith('l_')}
+                elapsed = time.perf_counter() - start
+                history.append({'iter': it, 'seconds': round(elapsed, 1), **logs})
+                print(f'  iter {it:6d}  {elapsed / 60:5.1f} min  {it / elapsed:5.2f} it/s  ' + json.dumps(logs))
+            if time.perf_counter() - start >= budget_s:
+                break
+    elapsed = time.perf_counter() - start
+    return model, {'iterations': it, 'seconds': round(elapsed, 1), 'iters_per_s': round(it / elapsed, 3),
+                   'history': history}  # fmt: skip
+
+
+def test_pairs(test_ldr: Path, test_gt: Path) -> list[tuple[Path, Path]]:
+    from llmhdr_basicsr.utils.hdr_io import HDR_EXTENSIONS, IMAGE_EXTENSIONS, list_images
+
+    gts = {p.stem: p for p in map(Path, list_images(str(test_gt), HDR_EXTENSIONS))}
+    pairs = [(Path(p), gts[Path(p).stem]) for p in list_images(str(test_ldr), IMAGE_EXTENSIONS) if Path(p).stem in gts]
+    if not pairs:
+        raise FileNotFoundError(f'no LDR/HDR pairs with matching file stems in {test_ldr} and {test_gt}')
+    return pairs
+
+
+@torch.no_grad()
+def score(predict, pairs, metric_opts: dict) -> dict:
+    """Per-image metrics of ``predict(ldr (1,3,H,W)) -> linear HDR (1,3,H,W)`` on every pair."""
+    from llmhdr_basicsr.metrics.hdr_metric import compute_hdr_metrics
+    from llmhdr_basicsr.utils.hdr_io import read_hdr, read_ldr
+
+    rows = {}
+    for ldr_path, gt_path in pairs:
+        ldr = torch.from_numpy(read_ldr(str(ldr_path))).permute(2, 0, 1)[None]
+        pred = predict(ldr)[0].permute(1, 2, 0).float().numpy()
+        rows[ldr_path.stem] = compute_hdr_metrics(pred, read_hdr(str(gt_path)), names=list(METRICS), **metric_opts)
+    return rows
+
+
+def baseline_predictor(arch_type: str, kwargs: dict):
+    from basicsr.utils.registry import ARCH_REGISTRY
+
+    net = ARCH_REGISTRY.get(arch_type)(out_domain='linear', **kwargs).eval()
+    return lambda ldr: net(ldr)
+
+
+def model_predictor(model):
+    net = model.net_g
+
+    def predict(ldr):
+        net.eval()
+        out = net(ldr)
+        net.train()
+        return model.to_linear(out[-1] if isinstance(out, list) else out)
+
+    return predict
+
+
+def summarise(rows: dict) -> dict:
+    return {m: float(np.mean([r[m] for r in rows.values()])) for m in METRICS}
+
+
+def print_table(results: dict[str, dict]) -> None:
+    head = f'{"method":<28}' + ''.join(f'{m:>12}' for m in METRICS)
+    print(head)
+    print('-' * len(head))
+    for name, summary in results.items():
+        print(f'{name:<28}' + ''.join(f'{summary[m]:12.3f}' for m in METRICS))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--data', default=str(REPO.parent / 'shared' / 'data'), help='folder with ldr/ and hdr/')
+    p.add_argument('--work', default=str(REPO / 'datasets' / 'quality_benchmark'), help='split + experiment folder')
+    p.add_argument('--test-ldr', help='paired test folder: LDR inputs (default: the held-out split)')
+    p.add_argument('--test-gt', help='paired test folder: HDR ground truth matched by file stem')
+    p.add_argument('--budget-min', type=float, default=20.0, help='training wall-clock budget in minutes')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--num-feat', type=int, default=16)
+    p.add_argument('--num-iter', type=int, default=2)
+    p.add_argument('--crop', type=int, default=128)
+    p.add_argument('--batch', type=int, default=2)
+    p.add_argument('--lr', type=float, default=2e-4)
+    p.add_argument('--w-gan', type=float, default=1.0)
+    p.add_argument('--w-cycle', type=float, default=10.0)
+    p.add_argument('--w-identity', type=float, default=5.0)
+    p.add_argument('--w-llm', type=float, default=0.1)
+    p.add_argument('--no-cvvdp', action='store_true', help='skip ColorVideoVDP (the slowest metric)')
+    p.add_argument('--json', help='write all numbers to this JSON file')
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    global METRICS
+    if args.no_cvvdp:
+        METRICS = tuple(m for m in METRICS if m != 'cvvdp')
+
+    work = Path(args.work).resolve()
+    split = work / 'split'
+    command = 'python benchmarks/quality.py ' + ' '.join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    print(f'command: {command}\nseed: {args.seed}\nmachine: {platform.processor() or platform.machine()}, '
+          f'{os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads')  # fmt: skip
+    record = make_split(Path(args.data).resolve(), split, args.seed)
+    test_ldr = Path(args.test_ldr) if args.test_ldr else split / 'test_ldr'
+    test_gt = Path(args.test_gt) if args.test_gt else split / 'test_gt'
+    pairs = test_pairs(test_ldr, test_gt)
+    print(f'split: {split} (train_ldr {len(os.listdir(split / "train_ldr"))}, train_hdr '
+          f'{len(os.listdir(split / "train_hdr"))}); test: {len(pairs)} pairs from {test_ldr}')  # fmt: skip
+
+    opt = training_options(args, split, work)
+    print(f'training for {args.budget_min} min: num_feat {args.num_feat}, num_iter {args.num_iter}, crop {args.crop}, '
+          f'batch {args.batch}, lr {args.lr}, weights gan {args.w_gan} cycle {args.w_cycle} identity '
+          f'{args.w_identity} llm {args.w_llm}')  # fmt: skip
+    model, train_summary = train(opt, args.budget_min * 60, args.seed)
+    print(f'trained {train_summary["iterations"]} iterations in {train_summary["seconds"]} s')
+
+    metric_opts = {}
+    results, per_image = {}, {}
+    per_image['CycleHDR (ours)'] = score(model_predictor(model), pairs, metric_opts)
+    for name, (arch, kwargs) in BASELINES.items():
+        per_image[name] = score(baseline_predictor(arch, kwargs), pairs, metric_opts)
+    for name, rows in per_image.items():
+        results[name] = summarise(rows)
+    print()
+    print_table(results)
+    ours = results['CycleHDR (ours)']
+    best = {m: max(v[m] for k, v in results.items() if k != 'CycleHDR (ours)') for m in METRICS}
+    wins = {m: ours[m] > best[m] for m in ('pu21_psnr', 'cvvdp') if m in METRICS}
+    verdict = 'beats' if all(wins.values()) else 'does NOT beat'
+    detail = ', '.join(f'{m} ({ours[m]:.3f} vs best {best[m]:.3f})' for m in wins)
+    print(f'\nsummary: after {args.budget_min:g} min ({train_summary["iterations"]} it), CycleHDR {verdict} every '
+          f'classical baseline on {detail}')  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            'command': command, 'seed': args.seed, 'split': record, 'train': train_summary,
+            'summary': results, 'per_image': per_image, 'wins': wins,
+        }, indent=1, default=str))  # fmt: skip
+    return 0 if all(wins.values()) else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())

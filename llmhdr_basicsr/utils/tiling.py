@@ -1,0 +1,565 @@
+"""Tiled inference at full resolution and bounded memory, with tiles that agree (style.md A.3, A.7, B.3).
+
+Two layers:
+
+- :func:`tiled_forward` cuts an image that stays on the CPU into overlapping tiles, sends one tile at a time to the
+  device (Real-ESRGAN#184: never the whole image), and blends the tile outputs back on the CPU with a raised-cosine
+  window over each overlap. Along each axis the windows of neighbouring tiles form a partition of unity
+  (``cos^2 + sin^2 = 1``), so there is no visible seam and no brightness ripple; the accumulated weights are divided
+  out anyway, which keeps any tile layout exact.
+- :class:`GlobalStatsTiler` wraps a network whose output depends on *image-wide* quantities and makes every tile use
+  the same ones. For :class:`~llmhdr_basicsr.archs.feedback_unet_arch.FeedbackUNet` these are
+
+  1. every ``nn.InstanceNorm2d`` call (the encoder's once, the decoder's ``num_iter`` times): instance norm divides
+     by the mean/variance of *whatever image it sees*, so each tile would be normalised differently (different
+     exposure and contrast per tile, visible as a patchwork);
+  2. the guidance vector (CLIP embedding of the input and of the previous output, method.md §2.3).
+
+  The ExpandNet recipe (``hdr-expandnet`` ``predict``: global branch once on a downscale, local branches on patches)
+  is applied to both: one *global pass* runs the network on a copy of the whole image downscaled (area filter) so that
+  its long side is at most ``global_size``, records the per-channel mean and variance of every instance-norm call in
+  call order, and records every guidance vector; then the tiles run with exactly those statistics and vectors
+  (*frozen*). Optionally (``refine > 0``) a refinement pass runs the tiles once more with the frozen statistics while
+  accumulating the statistics of the *full-resolution* features over each tile's own core (a partition of the image),
+  and the final pass uses those; each refinement pass costs one more tiled pass and brings the statistics closer to
+  what an untiled run at full resolution would compute.
+
+Tile layout: tile size and overlap are rounded to a multiple of ``multiple`` (8 = the three 2x poolings of the
+FeedbackUNet), tile origins are multiples of ``multiple`` too, so every tile sees the same pooling grid as the untiled
+image and its interior reproduces the untiled result; tiles are spread evenly, the last one ends at the image border
+(and may be up to ``multiple - 1`` pixels longer than ``tile``). An image not larger than one tile is processed in one
+call, exactly like an untiled run.
+
+What tiling cannot fix: the receptive field. Pixels within roughly the receptive-field radius of a tile border see
+zero padding instead of their neighbours; the blend hides this where the overlap is at least that wide. Other global
+operations than instance norm and guidance (global pooling, attention over the whole image, image-wide percentiles
+as in the classical iTMO baselines) are not captured: run such networks untiled.
+
+Measured on the real photos of ``shared/data/ldr`` with a random-weight FeedbackUNet: see the README section on
+tiling (``how much the score changes with tiling``) and the report of this module's author.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Default tile edge and overlap (pixels) of the command-line tools.
+DEFAULT_TILE = 512
+DEFAULT_OVERLAP = 32
+
+
+class Tile(NamedTuple):
+    """One tile of an ``H x W`` image: the window cut out and the part of the image it is responsible for.
+
+    Attributes:
+        y0, y1, x0, x1: the window ``[y0:y1, x0:x1]`` sent to the network (overlaps included).
+        cy0, cy1, cx0, cx1: its *core*, ``[cy0:cy1, cx0:cx1]``: the cores of all tiles partition the image (borders
+            at the middle of each overlap); used to accumulate full-resolution statistics without double counting.
+        wy: ``(y1 - y0,)`` float32 blend weights along y (raised-cosine ramps over the overlaps, 1 elsewhere).
+        wx: ``(x1 - x0,)`` float32 blend weights along x.
+    """
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    cy0: int
+    cy1: int
+    cx0: int
+    cx1: int
+    wy: torch.Tensor
+    wx: torch.Tensor
+
+
+def _round_tile(tile: int, overlap: int, multiple: int) -> tuple[int, int]:
+    """Tile rounded down and overlap rounded up to ``multiple``; overlap at most half the tile."""
+    if multiple < 1:
+        raise ValueError(f'tiling: multiple must be >= 1, got {multiple}')
+    if tile < 2 * multiple:
+        raise ValueError(f'tiling: tile must be at least {2 * multiple} pixels, got {tile}')
+    if overlap < 0:
+        raise ValueError(f'tiling: overlap must be >= 0, got {overlap}')
+    tile_r = tile // multiple * multiple
+    overlap_r = -(-overlap // multiple) * multiple
+    if 2 * overlap_r > tile_r:
+        raise ValueError(
+            f'tiling: overlap ({overlap}, rounded to {overlap_r}) must be at most half the tile ({tile}, rounded to '
+            f'{tile_r}); use a larger tile or a smaller overlap'
+        )
+    return tile_r, overlap_r
+
+
+def _axis_spans(size: int, tile: int, overlap: int, multiple: int) -> list[tuple[int, int]]:
+    """Evenly spread ``[start, end)`` spans along one axis: starts multiples of ``multiple``, last end = ``size``."""
+    if size <= tile:
+        return [(0, size)]
+    stride = tile - overlap
+    n = max(2, math.ceil((size - overlap) / stride))
+    last = (size - tile) // multiple * multiple
+    starts = [min(int(i * (size - tile) / (n - 1)) // multiple * multiple, last) for i in range(n - 1)] + [last]
+    starts = sorted(set(starts))
+    return [(s, size if i == len(starts) - 1 else s + tile) for i, s in enumerate(starts)]
+
+
+def _ramp(length: int, before: int, after: int) -> torch.Tensor:
+    """1-D window: raised-cosine rise over the first ``before`` and fall over the last ``after`` samples, else 1.
+
+    Rise ``sin^2(pi (i + 0.5) / (2 before))`` and the neighbour's fall ``cos^2`` of the same argument sum to 1 over a
+    shared overlap; every value is > 0.
+    """
+    w = torch.ones(length, dtype=torch.float32)
+    if before > 0:
+        i = torch.arange(before, dtype=torch.float64)
+        w[:before] = torch.sin(math.pi * (i + 0.5) / (2 * before)).pow(2).float()
+    if after > 0:
+        i = torch.arange(after, dtype=torch.float64)
+        w[length - after :] = torch.minimum(
+            w[length - after :], torch.cos(math.pi * (i + 0.5) / (2 * after)).pow(2).float()
+        )
+    return w
+
+
+def _axis_tiles(size: int, tile: int, overlap: int, multiple: int) -> list[tuple[int, int, int, int, torch.Tensor]]:
+    """Per axis: ``(start, end, core_start, core_end, weights)`` for each span."""
+    spans = _axis_spans(size, tile, overlap, multiple)
+    out = []
+    for i, (s, e) in enumerate(spans):
+        before = spans[i - 1][1] - s if i > 0 else 0  # overlap with the previous span
+        after = e - spans[i + 1][0] if i + 1 < len(spans) else 0
+        core_s = s + before // 2 if i > 0 else 0
+        core_e = spans[i + 1][0] + after // 2 if i + 1 < len(spans) else size
+        out.append((s, e, core_s, core_e, _ramp(e - s, before, after)))
+    return out
+
+
+def make_tiles(
+    height: int, width: int, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, multiple: int = 8
+) -> list[Tile]:
+    """The tile layout of an ``height x width`` image (row-major order).
+
+    Args:
+        height: image height in pixels.
+        width: image width in pixels.
+        tile: tile edge (rounded down to a multiple of ``multiple``); an axis not longer than it is one span.
+        overlap: minimum overlap between neighbouring tiles (rounded up to a multiple of ``multiple``), at most half
+            the tile.
+        multiple: alignment of tile origins and sizes (8 for a network with three 2x down-samplings).
+
+    Returns:
+        The :class:`Tile` list; one tile when the image fits in one.
+    """
+    tile, overlap = _round_tile(tile, overlap, multiple)
+    rows = _axis_tiles(height, tile, overlap, multiple)
+    cols = _axis_tiles(width, tile, overlap, multiple)
+    return [Tile(y0, y1, x0, x1, cy0, cy1, cx0, cx1, wy, wx) for y0, y1, cy0, cy1, wy in rows
+            for x0, x1, cx0, cx1, wx in cols]  # fmt: skip
+
+
+def _progress(iterable, enabled: bool, desc: str):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, unit='tile', leave=False)
+
+
+def tiled_forward(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    multiple: int = 8,
+    extra: dict[str, torch.Tensor] | None = None,
+    before_tile: Callable[[Tile], None] | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Apply an image-to-image function tile by tile; the image and the result stay on the CPU.
+
+    Every tile runs independently: a network with instance norm normalises each tile by its own statistics (use
+    :class:`GlobalStatsTiler` for the FeedbackUNet).
+
+    Args:
+        fn: ``fn(tile, **extra_tiles) -> (N, C_out, h, w)``; called under ``torch.no_grad()`` with a
+            ``(N, C, h, w)`` tile on ``device`` in ``dtype``. Same spatial size in and out.
+        x: ``(N, C, H, W)`` float tensor on the CPU (any value convention; it is only cut and moved).
+        tile: tile edge in pixels, see :func:`make_tiles`.
+        overlap: minimum overlap in pixels.
+        device: where ``fn`` runs (default: ``x``'s device).
+        dtype: dtype of the tiles sent to ``fn`` (default: ``x``'s); the result is always float32.
+        multiple: tile alignment, see :func:`make_tiles`.
+        extra: optional keyword tensors ``(N, C_k, H, W)`` cut with the same windows and passed to ``fn`` (e.g.
+            external perception ``maps``).
+        before_tile: optional callback receiving each :class:`Tile` just before ``fn`` runs on it.
+        progress: show a tqdm bar over the tiles.
+
+    Returns:
+        ``(N, C_out, H, W)`` float32 on the CPU: the tile outputs blended with the raised-cosine windows.
+    """
+    if x.dim() != 4:
+        raise ValueError(f'tiled_forward: expected an (N, C, H, W) tensor, got shape {tuple(x.shape)}')
+    extra = dict(extra or {})
+    for name, t in extra.items():
+        if t.dim() != 4 or t.shape[0] != x.shape[0] or t.shape[-2:] != x.shape[-2:]:
+            raise ValueError(f'tiled_forward: extra input {name!r} must be (N, C, {x.shape[2]}, {x.shape[3]})')
+    device = x.device if device is None else torch.device(device)
+    dtype = x.dtype if dtype is None else dtype
+    n, _, h, w = x.shape
+    tiles = make_tiles(h, w, tile, overlap, multiple)
+    out = weight = None
+    with torch.no_grad():
+        for t in _progress(tiles, progress and len(tiles) > 1, 'tiles'):
+            win = (Ellipsis, slice(t.y0, t.y1), slice(t.x0, t.x1))
+            inputs = x[win].to(device=device, dtype=dtype).contiguous()
+            kwargs = {k: v[win].to(device=device, dtype=dtype).contiguous() for k, v in extra.items()}
+            if before_tile is not None:
+                before_tile(t)
+            y = fn(inputs, **kwargs)
+            if y.dim() != 4 or y.shape[0] != n or y.shape[-2:] != inputs.shape[-2:]:
+                raise ValueError(
+                    f'tiled_forward: fn must keep (N, *, h, w) = ({n}, *, {t.y1 - t.y0}, {t.x1 - t.x0}), got '
+                    f'{tuple(y.shape)}'
+                )
+            y = y.detach().to(device='cpu', dtype=torch.float32)
+            if out is None:
+                out = torch.zeros(n, y.shape[1], h, w, dtype=torch.float32)
+                weight = torch.zeros(1, 1, h, w, dtype=torch.float32)
+            wt = (t.wy[:, None] * t.wx[None, :])[None, None]
+            out[win] += y * wt
+            weight[win] += wt
+    return out / weight
+
+
+# ---------------------------------------------------------------------------------------------- global statistics
+class NormStats(NamedTuple):
+    """Per-channel statistics of one instance-norm call: ``mean`` and biased ``var``, each ``(N, C)`` float32."""
+
+    mean: torch.Tensor
+    var: torch.Tensor
+
+
+class GlobalContext(NamedTuple):
+    """What the global pass recorded.
+
+    Attributes:
+        stats: module name -> list of :class:`NormStats`, one per call of that instance-norm module, in call order.
+        guidance: the guidance vectors ``(N, D)`` in call order (empty when the network got no guidance callable).
+        size: ``(h, w)`` of the image the statistics were measured on.
+    """
+
+    stats: dict[str, list[NormStats]]
+    guidance: list[torch.Tensor]
+    size: tuple[int, int]
+
+
+def instance_norm_modules(net: nn.Module) -> dict[str, nn.InstanceNorm2d]:
+    """The ``nn.InstanceNorm2d`` modules of ``net`` that normalise with per-image statistics, by name.
+
+    A module with ``track_running_stats=True`` in eval mode uses its running (dataset-wide) statistics, which are
+    already the same for every tile; it is left out.
+    """
+    return {
+        name: m
+        for name, m in net.named_modules()
+        if isinstance(m, nn.InstanceNorm2d) and (m.training or not m.track_running_stats)
+    }
+
+
+def _normalise(m: nn.InstanceNorm2d, x: torch.Tensor, stats: NormStats) -> torch.Tensor:
+    """``(x - mean) / sqrt(var + eps)`` (+ affine) with given ``(N, C)`` statistics, in ``x``'s dtype."""
+    if stats.mean.shape != x.shape[:2]:
+        raise RuntimeError(
+            f'GlobalStatsTiler: recorded statistics have shape {tuple(stats.mean.shape)}, the feature map '
+            f'{tuple(x.shape[:2])}; the batch size or the network changed between the global pass and the tiles'
+        )
+    mean = stats.mean.to(x.dtype)[..., None, None]
+    inv = torch.rsqrt(stats.var + m.eps).to(x.dtype)[..., None, None]
+    y = (x - mean) * inv
+    if m.affine:
+        y = y * m.weight.to(x.dtype)[None, :, None, None] + m.bias.to(x.dtype)[None, :, None, None]
+    return y
+
+
+class _NormPatch:
+    """Replaces the ``forward`` of each per-image instance-norm module while active (record / replay / accumulate).
+
+    The replacement is an instance attribute, removed on exit, so the network is unchanged afterwards and nothing is
+    kept in its ``state_dict``.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        self.modules = instance_norm_modules(net)
+        self.mode = 'record'
+        self.stats: dict[str, list[NormStats]] = {}
+        self.calls: dict[str, int] = {}
+        self.sums: dict[str, list[list]] = {}
+        self.tile: Tile | None = None
+
+    @contextlib.contextmanager
+    def active(self, mode: str, stats: dict[str, list[NormStats]] | None = None) -> Iterator[_NormPatch]:
+        self.mode = mode
+        self.stats = {k: [] for k in self.modules} if mode == 'record' else stats
+        self.sums = {k: [] for k in self.modules}
+        for name, m in self.modules.items():
+            if 'forward' in m.__dict__:
+                raise RuntimeError(f'GlobalStatsTiler: module {name!r} is already patched (nested tilers?)')
+            m.forward = functools.partial(self._forward, name, m)
+        try:
+            self.new_image()
+            yield self
+        finally:
+            for m in self.modules.values():
+                m.__dict__.pop('forward', None)
+
+    def new_image(self) -> None:
+        """Reset the per-module call counters (before every network call: global pass or tile)."""
+        self.calls = dict.fromkeys(self.modules, 0)
+
+    def check_complete(self) -> None:
+        """After a replayed call: every recorded statistic must have been used (same call sequence)."""
+        for name, count in self.calls.items():
+            if count != len(self.stats.get(name, [])):
+                raise RuntimeError(
+                    f'GlobalStatsTiler: {name!r} was called {count} times on a tile but {len(self.stats[name])} times '
+                    'in the global pass; the network must make the same calls for every input size'
+                )
+
+    def _forward(self, name: str, m: nn.InstanceNorm2d, x: torch.Tensor) -> torch.Tensor:
+        k = self.calls[name]
+        self.calls[name] = k + 1
+        if self.mode == 'record':
+            xf = x.float()
+            s = NormStats(xf.mean(dim=(2, 3)), xf.var(dim=(2, 3), unbiased=False))
+            self.stats[name].append(s)
+            return _normalise(m, x, s)
+        recorded = self.stats.get(name, [])
+        if k >= len(recorded):
+            raise RuntimeError(
+                f'GlobalStatsTiler: {name!r} called {k + 1} times on a tile but only {len(recorded)} times in the '
+                'global pass; the network must make the same calls for every input size'
+            )
+        if self.mode == 'accumulate' and self.tile is not None:
+            self._accumulate(name, k, x)
+        return _normalise(m, x, recorded[k])
+
+    def _accumulate(self, name: str, k: int, x: torch.Tensor) -> None:
+        """Add the features inside this tile's core (mapped to the feature resolution) to the running sums."""
+        t = self.tile
+        th, tw = t.y1 - t.y0, t.x1 - t.x0
+        fy = 2.0 ** round(math.log2(max(th / x.shape[2], 1e-9)))  # down-sampling factor of this feature map
+        fx = 2.0 ** round(math.log2(max(tw / x.shape[3], 1e-9)))
+        ys = slice(round((t.cy0 - t.y0) / fy), round((t.cy1 - t.y0) / fy))
+        xs = slice(round((t.cx0 - t.x0) / fx), round((t.cx1 - t.x0) / fx))
+        core = x[..., ys, xs].double()
+        if core.numel() == 0:
+            return
+        acc = self.sums[name]
+        while len(acc) <= k:
+            acc.append([0.0, 0.0, 0])
+        acc[k][0] = acc[k][0] + core.sum(dim=(2, 3))
+        acc[k][1] = acc[k][1] + core.pow(2).sum(dim=(2, 3))
+        acc[k][2] += core.shape[2] * core.shape[3]
+
+    def accumulated_stats(self) -> dict[str, list[NormStats]]:
+        """Statistics from the accumulated full-resolution sums (calls without data keep the recorded ones)."""
+        out = {}
+        for name, recorded in self.stats.items():
+            acc = self.sums.get(name, [])
+            new = []
+            for k, old in enumerate(recorded):
+                if k < len(acc) and acc[k][2] > 0:
+                    s, s2, cnt = acc[k]
+                    mean = s / cnt
+                    var = (s2 / cnt - mean * mean).clamp(min=0.0)
+                    new.append(NormStats(mean.float(), var.float()))
+                else:
+                    new.append(old)
+            out[name] = new
+        return out
+
+
+class GlobalStatsTiler:
+    """Tiled inference for networks with instance norm and global guidance, every tile using global statistics.
+
+    See the module docstring for the method. Use it as a callable::
+
+        tiler = GlobalStatsTiler(net, tile=512, overlap=32, device='cuda:0')
+        y = tiler(x)                  # x: (1, 3, H, W) on the CPU -> y: (1, C, H, W) float32 on the CPU
+
+    or, for full control, as two steps (the context manager is the primitive)::
+
+        ctx = tiler.global_pass(x)    # records instance-norm statistics and guidance on a downscaled copy
+        with tiler.frozen(ctx):       # inside: every net(...) call uses those statistics, in call order
+            y_tile = net(x_tile)
+
+    The network must be in eval mode (``net.eval()``); its parameters are not modified, and nothing is left patched
+    after a call.
+
+    Args:
+        net: the network, already on ``device`` and in ``dtype``; called as ``net(x, guidance=..., maps=...)`` (the
+            keywords only when given). A network without per-image instance norm is simply tiled.
+        tile: tile edge in pixels (see :func:`make_tiles`).
+        overlap: minimum overlap between tiles in pixels.
+        global_size: long side of the downscaled copy used by the global pass; None = ``tile`` (memory bounded like
+            one tile); ``<= 0`` = no downscaling (statistics of the full image: exact, but the whole image passes
+            through the network once).
+        refine: number of refinement passes that re-estimate the statistics at full resolution from the tiles
+            (each costs one extra tiled pass; 0 = ExpandNet-style downscale statistics only).
+        device: where the network runs (default: the device of its first parameter, else the CPU).
+        dtype: dtype of the tiles (default float32; float16 only on a GPU, see
+            :func:`llmhdr_basicsr.utils.device.check_half`).
+        multiple: tile alignment (8 for the FeedbackUNet).
+        progress: show a tqdm bar over the tiles.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        tile: int = DEFAULT_TILE,
+        overlap: int = DEFAULT_OVERLAP,
+        global_size: int | None = None,
+        refine: int = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        multiple: int = 8,
+        progress: bool = False,
+    ) -> None:
+        _round_tile(tile, overlap, multiple)  # validate early
+        if refine < 0:
+            raise ValueError(f'GlobalStatsTiler: refine must be >= 0, got {refine}')
+        self.net = net
+        self.tile, self.overlap, self.multiple = int(tile), int(overlap), int(multiple)
+        self.global_size = self.tile if global_size is None else int(global_size)
+        self.refine = int(refine)
+        if device is None:
+            first = next(net.parameters(), None)
+            device = first.device if first is not None else torch.device('cpu')
+        self.device, self.dtype, self.progress = torch.device(device), dtype, progress
+        self._patch = _NormPatch(net)
+
+    # ------------------------------------------------------------------------------------------------ primitives
+    def _call(self, x: torch.Tensor, guidance, maps: torch.Tensor | None) -> torch.Tensor:
+        kwargs = {}
+        if guidance is not None:
+            kwargs['guidance'] = guidance
+        if maps is not None:
+            kwargs['maps'] = maps
+        out = self.net(x, **kwargs)
+        return out[-1] if isinstance(out, (list, tuple)) else out
+
+    def _downscale(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if self.global_size <= 0 or max(h, w) <= self.global_size:
+            return x
+        scale = self.global_size / max(h, w)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        return F.interpolate(x.float(), size=size, mode='area').to(x.dtype)
+
+    def global_pass(self, x: torch.Tensor, guidance=None, maps: torch.Tensor | None = None) -> GlobalContext:
+        """Run the network once on the downscaled image and record its global quantities.
+
+        Args:
+            x: ``(N, C, H, W)`` input on the CPU (the network's input convention).
+            guidance: None, a ``(N, D)`` tensor, or a callable ``guidance(prev)`` as FeedbackUNet accepts; a callable
+                is evaluated here (on the downscaled image's outputs) and its results are replayed for every tile.
+            maps: optional external ``(N, 3, H, W)`` perception maps (downscaled with the image).
+
+        Returns:
+            The :class:`GlobalContext`.
+        """
+        small = self._downscale(x).to(device=self.device, dtype=self.dtype)
+        small_maps = None if maps is None else self._downscale(maps).to(device=self.device, dtype=self.dtype)
+        recorded: list[torch.Tensor] = []
+        g = guidance
+        if callable(guidance):
+
+            def g(prev):
+                v = guidance(prev)
+                recorded.append(v.detach())
+                return v
+
+        with torch.no_grad(), self._patch.active('record') as patch:
+            self._call(small, g, small_maps)
+            stats = patch.stats
+        return GlobalContext(stats, recorded, tuple(small.shape[-2:]))
+
+    @contextlib.contextmanager
+    def frozen(self, ctx: GlobalContext, accumulate: bool = False) -> Iterator[_NormPatch]:
+        """Within the block, every instance-norm call of the network uses the statistics of ``ctx`` (in call order).
+
+        Call ``patch.new_image()`` before each network call when using this directly (``__call__`` does it).
+        """
+        with self._patch.active('accumulate' if accumulate else 'replay', ctx.stats) as patch:
+            yield patch
+
+    def _tiled(self, x: torch.Tensor, ctx: GlobalContext, guidance, maps, accumulate: bool) -> torch.Tensor:
+        if callable(guidance) and ctx.guidance:
+            vectors = ctx.guidance
+            counter = {'k': 0}
+
+            def replay_guidance(prev):
+                k = min(counter['k'], len(vectors) - 1)
+                counter['k'] += 1
+                return vectors[k]
+
+        with self.frozen(ctx, accumulate) as patch:
+
+            def before(t: Tile) -> None:
+                patch.new_image()
+                patch.tile = t
+                if callable(guidance) and ctx.guidance:
+                    counter['k'] = 0
+
+            def fn(xt: torch.Tensor, **kw) -> torch.Tensor:
+                g = replay_guidance if callable(guidance) and ctx.guidance else guidance
+                y = self._call(xt, g, kw.get('maps'))
+                patch.check_complete()
+                return y
+
+            extra = None if maps is None else {'maps': maps}
+            out = tiled_forward(fn, x, self.tile, self.overlap, self.device, self.dtype, self.multiple, extra,
+                                before, self.progress)  # fmt: skip
+            if accumulate:
+                ctx = GlobalContext(patch.accumulated_stats(), ctx.guidance, tuple(x.shape[-2:]))
+        self._last_ctx = ctx
+        return out
+
+    # --------------------------------------------------------------------------------------------------- main call
+    def __call__(self, x: torch.Tensor, guidance=None, maps: torch.Tensor | None = None) -> torch.Tensor:
+        """Tiled forward with frozen global statistics.
+
+        Args:
+            x: ``(N, C, H, W)`` float input on the CPU, in the network's input convention (for the FeedbackUNet
+                G_Y: display-referred sRGB LDR in [0, 1]; G_X: mu-law HDR in [0, 1]).
+            guidance: see :meth:`global_pass`.
+            maps: optional external ``(N, 3, H, W)`` perception maps at the input size.
+
+        Returns:
+            ``(N, C_out, H, W)`` float32 on the CPU, the network's output convention (e.g. mu-law HDR in [0, 1]).
+        """
+        if x.dim() != 4:
+            raise ValueError(f'GlobalStatsTiler: expected an (N, C, H, W) tensor, got shape {tuple(x.shape)}')
+        h, w = x.shape[-2:]
+        if len(make_tiles(h, w, self.tile, self.overlap, self.multiple)) == 1:  # fits in one tile: plain call
+            with torch.no_grad():
+                m = None if maps is None else maps.to(device=self.device, dtype=self.dtype)
+                y = self._call(x.to(device=self.device, dtype=self.dtype), guidance, m)
+            return y.detach().to(device='cpu', dtype=torch.float32)
+        if not self._patch.modules and not callable(guidance):  # nothing global: plain tiling
+            return tiled_forward(lambda t, **kw: self._call(t, guidance, kw.get('maps')), x, self.tile, self.overlap,
+                                 self.device, self.dtype, self.multiple, None if maps is None else {'maps': maps},
+                                 None, self.progress)  # fmt: skip
+        ctx = self.global_pass(x, guidance, maps)
+        for _ in range(self.refine):
+            self._tiled(x, ctx, guidance, maps, accumulate=True)
+            ctx = self._last_ctx
+        return self._tiled(x, ctx, guidance, maps, accumulate=False)
