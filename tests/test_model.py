@@ -219,3 +219,46 @@ def test_smoke_config_trains_on_shared_sample_images(tmp_path):
         p.stem for p in (SHARED_DATA / 'ldr').glob('*.png')
     )
     assert len(list((exp / 'visualization').rglob('*.exr'))) == 16
+
+
+TINY_CLIP = {
+    'embed_dim': 16,
+    'vision_cfg': {'image_size': 32, 'layers': 1, 'width': 32, 'patch_size': 16, 'head_width': 16},
+    'text_cfg': {'context_length': 77, 'vocab_size': 49408, 'width': 32, 'heads': 2, 'layers': 1},
+}
+
+
+def test_all_six_objectives_and_clip_guidance_train(tmp_path, tiny_unpaired):
+    """CLIP contrastive + SAM semantic (tiny random models) and CLIP guidance of both generators in one step."""
+    from basicsr.models import build_model
+
+    torch.manual_seed(0)
+    opt = _options(tmp_path, *tiny_unpaired)
+    clip = {'type': 'CLIPContrastiveLoss', 'loss_weight': 1.0, 'arch': 'llmhdr-model-test-clip', 'model_cfg': TINY_CLIP,
+            'random_weights': True}  # fmt: skip
+    opt['train']['clip_opt'] = clip
+    opt['train']['sam_opt'] = {'type': 'SAMSemanticLoss', 'loss_weight': 1.0, 'variant': 'tiny', 'random_weights': True}
+    for key in ('network_g', 'network_g_hdr2ldr'):
+        opt[key]['guidance_dim'] = 2 * TINY_CLIP['embed_dim']
+    model = build_model(opt)
+    batch = _batch(opt)
+    before = copy.deepcopy(model.net_g.state_dict())
+    for it in (1, 2):
+        model.feed_data(batch)
+        model.optimize_parameters(it)
+    assert {'l_g_clip', 'l_g_sam', 'l_g_llm_hdr', 'l_g_gan_hdr', 'l_g_cycle_hdr', 'l_g_identity_hdr'} <= set(model.log_dict)
+    film = [k for k in before if 'film' in k.lower()]
+    assert film, 'the generator has no FiLM guidance parameters'
+    assert any(not torch.equal(before[k], model.net_g.state_dict()[k]) for k in film), 'guidance path got no update'
+    clip_loss = model.losses['clip_opt']
+    assert clip_loss.cache.hits > 0  # the second step found the fixed LDR side in the cache
+    assert all(p.grad is None for p in clip_loss.parameters())  # the encoder stays frozen
+
+
+def test_guidance_without_clip_encoder_is_a_clear_error(tmp_path, tiny_unpaired):
+    from basicsr.models import build_model
+
+    opt = _options(tmp_path, *tiny_unpaired)
+    opt['network_g']['guidance_dim'] = 32
+    with pytest.raises(ValueError, match='needs a CLIP encoder: set train.clip_opt'):
+        build_model(opt)

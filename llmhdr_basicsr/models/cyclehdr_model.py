@@ -170,8 +170,7 @@ class CycleHDRModel(BaseModel):
                     cri = build_loss(train_opt[block]).to(self.device)
                 except TypeError as err:
                     raise TypeError(f'train.{block} ({train_opt[block].get("type")}): {err}') from err
-                if not getattr(cri, 'enabled', True):  # e.g. CLIP/SAM with allow_missing and no checkpoint
-                    logger.warning(f'train.{block} is switched off (see the warning above).')
+                if not getattr(cri, 'enabled', True):  # CLIP/SAM with allow_missing and no checkpoint: it warned
                     cri = None
             self.losses[block] = cri
         self.cri_gan = self.losses['gan_opt']
@@ -330,7 +329,7 @@ class CycleHDRModel(BaseModel):
         # ---- generators (D_Y, D_X frozen) -------------------------------------------------------------------
         self._set_requires_grad((self.net_d_hdr, self.net_d_ldr), False)
         self.optimizer_g.zero_grad(set_to_none=True)
-        with self._autocast():
+        with self._autocast(), torch.set_grad_enabled(step_g):  # D warm-up iterations need the fakes only
             maps = self._gating_maps()
             fake_hdr_all = self._run(self.net_g, ldr, maps=maps, return_all=True)  # G_Y(x), every feedback iteration
             fake_ldr_all = self._run(self.net_g_hdr2ldr, hdr, return_all=True)  # G_X(y)

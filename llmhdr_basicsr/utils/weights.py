@@ -19,6 +19,7 @@ cache of per-image results of the fixed LDR side).
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 import zipfile
@@ -183,16 +184,15 @@ def freeze_module(module: nn.Module) -> nn.Module:
 def warn_disabled(owner: str, reason: str) -> None:
     """The single warning of a component that switched itself off (``allow_missing=True`` and no weights).
 
-    Emitted both as a ``UserWarning`` and on BasicSR's root logger, so it shows in the console and in the train log.
+    Inside a BasicSR run (its ``basicsr`` logger has handlers) it goes to that logger, i.e. to the console and the
+    train log; in plain library use it is a ``UserWarning``. Never both.
     """
     message = f'{owner} is disabled: {reason}'
-    warnings.warn(message, UserWarning, stacklevel=3)
-    try:
-        from basicsr.utils import get_root_logger
-
-        get_root_logger().warning(message)
-    except ImportError:  # basicsr not importable (plain library use): the UserWarning suffices
-        pass
+    logger = logging.getLogger('basicsr')
+    if logger.handlers:
+        logger.warning(message)
+    else:
+        warnings.warn(message, UserWarning, stacklevel=3)
 
 
 class LRUCache:
