@@ -65,7 +65,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
 from llmhdr_basicsr.perception.heuristic import PerceptionMaps, heuristic_maps
-from llmhdr_basicsr.utils.tonemap import mu_law, mu_law_inverse, srgb_decode, srgb_encode
+from llmhdr_basicsr.utils.tonemap import hdr_to_model, model_to_hdr, srgb_decode, srgb_encode
 
 from .arch_util import ConvLSTMCell, FiLM, conv_norm_act, init_weights, pad_to_multiple
 
@@ -92,11 +92,10 @@ def output_domain_base(x: torch.Tensor, out_domain: str, headroom: float = 0.0) 
     Returns:
         ``(N, 3, H, W)`` in [0, 1], in the output domain (display-like in both cases).
     """
-    gain = 2.0**headroom
     if out_domain == 'hdr_mu':
-        return mu_law(srgb_decode(x) / gain)
+        return hdr_to_model(srgb_decode(x), headroom)
     if out_domain == 'ldr':
-        return srgb_encode(mu_law_inverse(x) * gain)
+        return srgb_encode(model_to_hdr(x, headroom))
     raise ValueError(f'out_domain must be one of {OUT_DOMAINS}, got {out_domain!r}')
 
 

@@ -64,7 +64,7 @@ from llmhdr_basicsr.perception.heuristic import heuristic_maps
 from llmhdr_basicsr.utils.fileio import atomic_write
 from llmhdr_basicsr.utils.hdr_io import write_hdr, write_ldr
 from llmhdr_basicsr.utils.options import check_keys
-from llmhdr_basicsr.utils.tonemap import mu_law, mu_law_inverse, tonemap_preview
+from llmhdr_basicsr.utils.tonemap import hdr_to_model, model_to_hdr, tonemap_preview
 
 NETWORKS = ('g', 'g_hdr2ldr', 'd_hdr', 'd_ldr')
 LOSS_BLOCKS = ('gan_opt', 'cycle_opt', 'identity_opt', 'llm_opt', 'clip_opt', 'sam_opt')
@@ -293,11 +293,11 @@ class CycleHDRModel(BaseModel):
     def to_model_hdr(self, linear: torch.Tensor) -> torch.Tensor:
         """Linear HDR (diffuse white ~ 1, as the datasets normalise it) -> the model's domain
         ``T(min(H / 2^headroom, 1))`` in [0, 1] (mu-law, mu = 5000; values beyond the headroom clip)."""
-        return mu_law((linear / 2.0**self.headroom).clamp(0.0, 1.0))
+        return hdr_to_model(linear, self.headroom)
 
     def to_linear(self, t: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`to_model_hdr`: model-domain HDR in [0, 1] -> linear HDR, white ~ 1, up to 2^headroom."""
-        return mu_law_inverse(t) * 2.0**self.headroom
+        return model_to_hdr(t, self.headroom)
 
     def _gating_maps(self):
         """Iteration-0 gating maps of G_Y: cached VLM maps where valid, the heuristic elsewhere (or None)."""

@@ -91,6 +91,22 @@ def mu_law_inverse(y: torch.Tensor, mu: float = MU) -> torch.Tensor:
     return torch.expm1(y.clamp(min=0) * math.log1p(mu)) / mu
 
 
+def hdr_to_model(linear: torch.Tensor, headroom: float = 0.0, mu: float = MU) -> torch.Tensor:
+    """Linear HDR (diffuse white ~ 1) -> the generators' HDR domain ``T(min(H / 2^headroom, 1))`` in [0, 1].
+
+    Args:
+        linear: any shape, linear HDR >= 0 normalised so diffuse white (the datasets' reference) is ~ 1.
+        headroom: stops of highlight range above white (values beyond ``2^headroom`` clip).
+        mu: mu-law strength.
+    """
+    return mu_law((linear / 2.0**headroom).clamp(0.0, 1.0), mu)
+
+
+def model_to_hdr(t: torch.Tensor, headroom: float = 0.0, mu: float = MU) -> torch.Tensor:
+    """Inverse of :func:`hdr_to_model`: HDR-domain values in [0, 1] -> linear HDR, white ~ 1, up to ``2^headroom``."""
+    return mu_law_inverse(t, mu) * 2.0**headroom
+
+
 def srgb_encode(x: torch.Tensor) -> torch.Tensor:
     """sRGB OETF (IEC 61966-2-1): display-linear [0, 1] -> sRGB-encoded [0, 1] (input clamped to [0, 1])."""
     x = x.clamp(0.0, 1.0)

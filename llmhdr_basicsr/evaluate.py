@@ -1,0 +1,433 @@
+"""``llmhdr-eval``: score a folder of predicted HDR images against ground truth, per image and on average.
+
+Usage::
+
+    llmhdr-eval --pred results/ --gt datasets/test_hdr --csv scores.csv --json scores.json
+    llmhdr-eval --pred results/ --gt gt/ --pred-suffix _CycleHDR --metrics pu21_psnr,cvvdp --plot scores.png
+
+(also ``python -m llmhdr_basicsr.evaluate``). Files are matched by stem (``--pred-suffix`` / ``--gt-suffix`` are
+removed from the end of the stems first); only HDR files are read (``.hdr``, ``.exr``, ``.pfm``, float ``.tif``), so
+the tone-mapped previews ``llmhdr-infer`` writes next to its ``.exr`` files are ignored.
+
+Every number comes from :mod:`llmhdr_basicsr.metrics.hdr_metric` (``compute_hdr_metrics``: the same code as the
+registered BasicSR metrics and the benchmarks) and, for LPIPS, from
+:func:`llmhdr_basicsr.metrics.lpips_metric.calculate_lpips`.
+The protocol is printed as a header and stored in the JSON file, so a result can be reproduced:
+
+- prediction and ground truth are linear HDR, relative scale; the prediction is multiplied by one global gain
+  (``--align``, default ``geomean``: least squares in log luminance; the ``gain`` column of the CSV);
+- PSNR-mu and log-PSNR: both images divided by the ground truth's maximum;
+- PU21-PSNR / PU21-SSIM / ColorVideoVDP: absolute scaling, the ground truth's ``--percentile`` (99.9th) luminance
+  percentile set to ``--peak-nits`` (1000) cd/m², the same factor applied to the aligned prediction;
+- ColorVideoVDP display model ``--display`` (``standard_hdr_linear``), on ``--device``;
+- perfect scores: PSNRs are capped at 100 dB, SSIM 1, JOD 10, LPIPS 0.
+
+Exit status: 0 when at least one pair was scored, 1 when no pair matched (unmatched files are listed) or none could
+be scored, 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.metadata
+import inspect
+import json
+import math
+import os
+import os.path as osp
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from llmhdr_basicsr.metrics.hdr_metric import (
+    ALIGN_MIN_REL,
+    ALIGN_MODES,
+    CVVDP_DISPLAY,
+    DEFAULT_ALIGN,
+    DEFAULT_PEAK_NITS,
+    DEFAULT_PERCENTILE,
+    HDR_METRICS,
+    MAX_PSNR,
+    align_scale,
+    compute_hdr_metrics,
+)
+from llmhdr_basicsr.utils.hdr_io import FLOAT_CAPABLE_EXTENSIONS, HDR_EXTENSIONS, list_images, read_hdr
+
+EVAL_EXTENSIONS = HDR_EXTENSIONS + FLOAT_CAPABLE_EXTENSIONS
+LPIPS_NAME = 'lpips'
+#: Display names and direction of every metric column.
+METRIC_INFO = {
+    'psnr_mu': ('PSNR-mu', 'dB', 'higher'),
+    'log_psnr': ('log-PSNR', 'dB', 'higher'),
+    'pu21_psnr': ('PU21-PSNR', 'dB', 'higher'),
+    'pu21_ssim': ('PU21-SSIM', '', 'higher'),
+    'cvvdp': ('ColorVideoVDP', 'JOD', 'higher'),
+    LPIPS_NAME: ('LPIPS', '', 'lower'),
+}
+
+
+class UsageError(Exception):
+    """A set-up problem: reported as ``error: ...`` with exit status 2."""
+
+
+# ------------------------------------------------------------------------------------------------ matching
+def _stem_map(folder: str, suffix: str, role: str) -> tuple[dict[str, str], list[str]]:
+    """``stem (suffix removed) -> path`` of the HDR files of ``folder``; also the files whose stem is ambiguous."""
+    if not osp.isdir(folder):
+        raise UsageError(f'--{role} {folder!r} is not a folder')
+    by_stem: dict[str, list[str]] = {}
+    for path in list_images(folder, EVAL_EXTENSIONS):
+        stem = osp.splitext(osp.basename(path))[0]
+        if suffix and stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+        by_stem.setdefault(stem, []).append(path)
+    dupes = [p for paths in by_stem.values() if len(paths) > 1 for p in paths]
+    return {s: paths[0] for s, paths in by_stem.items() if len(paths) == 1}, dupes
+
+
+def match_pairs(
+    pred_dir: str, gt_dir: str, pred_suffix: str = '', gt_suffix: str = ''
+) -> tuple[list[tuple[str, str, str]], list[str], list[str]]:
+    """Pair prediction and ground-truth files by stem.
+
+    Args:
+        pred_dir: folder of predicted HDR files.
+        gt_dir: folder of ground-truth HDR files.
+        pred_suffix: removed from the end of prediction stems (e.g. ``'_CycleHDR'``).
+        gt_suffix: removed from the end of ground-truth stems.
+
+    Returns:
+        ``(pairs, unmatched_pred, unmatched_gt)``; ``pairs`` are ``(name, pred_path, gt_path)`` sorted by name.
+        Files whose stem occurs twice in one folder (``a.exr`` and ``a.hdr``) count as unmatched.
+    """
+    preds, pred_dupes = _stem_map(pred_dir, pred_suffix, 'pred')
+    gts, gt_dupes = _stem_map(gt_dir, gt_suffix, 'gt')
+    pairs = [(s, preds[s], gts[s]) for s in sorted(preds.keys() & gts.keys())]
+    unmatched_pred = sorted([preds[s] for s in preds.keys() - gts.keys()] + pred_dupes)
+    unmatched_gt = sorted([gts[s] for s in gts.keys() - preds.keys()] + gt_dupes)
+    return pairs, unmatched_pred, unmatched_gt
+
+
+# ------------------------------------------------------------------------------------------------- scoring
+@dataclass
+class EvalSettings:
+    """Everything that determines the numbers (printed and stored with them)."""
+
+    metrics: list[str]
+    align: str = DEFAULT_ALIGN
+    peak_nits: float = DEFAULT_PEAK_NITS
+    percentile: float = DEFAULT_PERCENTILE
+    crop_border: int = 0
+    display: str = CVVDP_DISPLAY
+    device: str = 'cpu'
+    lpips_net: str = 'alex'
+    lpips_weights: str | None = None
+
+    def hdr_options(self) -> dict:
+        """Options for :func:`compute_hdr_metrics`: only those that a selected metric accepts."""
+        opts = dict(align=self.align, crop_border=self.crop_border, peak_nits=self.peak_nits,
+                    percentile=self.percentile, display=self.display, device=self.device)  # fmt: skip
+        accepted = set()
+        for name in self.metrics:
+            if name in HDR_METRICS:
+                accepted |= set(inspect.signature(HDR_METRICS[name].func).parameters)
+        return {k: v for k, v in opts.items() if k in accepted}
+
+
+@dataclass
+class EvalResult:
+    """Per-image rows, failures and the mean of each metric."""
+
+    rows: list[dict] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self, metrics: Sequence[str]) -> dict[str, dict[str, float]]:
+        out = {}
+        for m in metrics:
+            values = np.array([r[m] for r in self.rows if m in r], dtype=np.float64)
+            if values.size:
+                out[m] = {'mean': float(values.mean()), 'std': float(values.std()), 'n': int(values.size)}
+        return out
+
+
+def score_pair(pred: np.ndarray, gt: np.ndarray, settings: EvalSettings) -> dict[str, float]:
+    """All selected metrics of one pair, plus the alignment ``gain``.
+
+    Args:
+        pred: ``(H, W, 3)`` float32 linear HDR, relative scale.
+        gt: ``(H, W, 3)`` float32 linear HDR, relative scale, same shape.
+        settings: metric selection and protocol options.
+
+    Returns:
+        ``{'gain': factor applied to the prediction, metric: score, ...}``.
+    """
+    if pred.shape != gt.shape:
+        raise ValueError(f'shapes differ: prediction {pred.shape} vs ground truth {gt.shape}')
+    hdr_names = [m for m in settings.metrics if m in HDR_METRICS]
+    scores = {'gain': align_scale(pred.astype(np.float64), gt.astype(np.float64), settings.align)[1]}
+    if hdr_names:
+        scores.update(compute_hdr_metrics(pred, gt, hdr_names, **settings.hdr_options()))
+    if LPIPS_NAME in settings.metrics:
+        from llmhdr_basicsr.metrics.lpips_metric import calculate_lpips
+
+        scores[LPIPS_NAME] = calculate_lpips(pred, gt, net=settings.lpips_net, weights=settings.lpips_weights,
+                                             domain='hdr', align=settings.align, crop_border=settings.crop_border,
+                                             device=settings.device)  # fmt: skip
+    return scores
+
+
+def evaluate(pairs: Sequence[tuple[str, str, str]], settings: EvalSettings, progress: bool = True) -> EvalResult:
+    """Score every ``(name, pred_path, gt_path)``; unreadable or mismatched pairs are recorded as failures."""
+    from tqdm import tqdm
+
+    result = EvalResult()
+    bar = tqdm(pairs, unit='pair', disable=not progress, file=sys.stderr)
+    for name, pred_path, gt_path in bar:
+        bar.set_description(name)
+        try:
+            scores = score_pair(read_hdr(pred_path), read_hdr(gt_path), settings)
+        except (OSError, ValueError, RuntimeError) as err:
+            result.failed.append((name, f'{type(err).__name__}: {err}'))
+            tqdm.write(f'WARNING: {name} not scored: {err}', file=sys.stderr)
+            continue
+        result.rows.append({'image': name, 'pred': pred_path, 'gt': gt_path, **scores})
+    return result
+
+
+# -------------------------------------------------------------------------------------------------- output
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return 'not installed'
+
+
+def protocol_lines(settings: EvalSettings) -> list[tuple[str, str]]:
+    """The header describing how the numbers were obtained."""
+    from llmhdr_basicsr.version import __version__
+
+    align_text = {
+        'geomean': f'prediction x exp(mean(log Y_gt - log Y_pred)) over pixels above {ALIGN_MIN_REL:g} x each max',
+        'median': f'prediction x exp(median(log Y_gt - log Y_pred)) over pixels above {ALIGN_MIN_REL:g} x each max',
+        'max': 'prediction x max(Y_gt) / max(Y_pred)',
+        'none': 'none (prediction used as it is)',
+    }[settings.align]
+    lines = [
+        ('llmhdr_basicsr', __version__),
+        ('metrics', ', '.join(settings.metrics)),
+        ('alignment', f'{settings.align}: {align_text}'),
+        ('crop border', f'{settings.crop_border} px'),
+    ]
+    if {'psnr_mu', 'log_psnr'} & set(settings.metrics):
+        lines.append(('PSNR-mu/log', f'relative to the GT maximum; mu = 5000; PSNRs capped at {MAX_PSNR:g} dB'))
+    if {'pu21_psnr', 'pu21_ssim', 'cvvdp'} & set(settings.metrics):
+        lines.append(('absolute', f'GT {settings.percentile:g}th luminance percentile -> {settings.peak_nits:g} cd/m2, '
+                                  'same factor on the aligned prediction'))  # fmt: skip
+    if {'pu21_psnr', 'pu21_ssim'} & set(settings.metrics):
+        lines.append(('PU21', 'banding_glare; PSNR on RGB, SSIM on luminance, peak/range 256 (pu21_metric.m)'))
+    if 'cvvdp' in settings.metrics:
+        lines.append(('cvvdp', f'{_version("cvvdp")}, display {settings.display}, device {settings.device}'))
+    if LPIPS_NAME in settings.metrics:
+        lines.append(('LPIPS', f'net {settings.lpips_net}, mu-law of GT-max-normalised images in [-1, 1], '
+                               f'backbone {settings.lpips_weights or "$LLMHDR_LPIPS_BACKBONE"}'))  # fmt: skip
+    return lines
+
+
+def format_table(summary: dict[str, dict[str, float]], metrics: Sequence[str]) -> str:
+    """Summary table: one row per metric with mean, std, n and the better direction."""
+    rows = [('metric', 'mean', 'std', 'n', 'better')]
+    for m in metrics:
+        if m in summary:
+            label, unit, better = METRIC_INFO.get(m, (m, '', 'higher'))
+            s = summary[m]
+            name = f'{label} [{unit}]' if unit else label
+            rows.append((name, f'{s["mean"]:.4f}', f'{s["std"]:.4f}', str(s['n']), better))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ['  '.join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, '  '.join('-' * w for w in widths))
+    return '\n'.join(lines)
+
+
+def write_csv(path: str, result: EvalResult, metrics: Sequence[str]) -> None:
+    """Per-image CSV: ``image, pred, gt, gain, <metrics...>``."""
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    with open(path, 'w', newline='', encoding='utf-8') as f:
+        writer = csv.writer(f)
+        writer.writerow(['image', 'pred', 'gt', 'gain', *metrics])
+        for r in result.rows:
+            writer.writerow([r['image'], r['pred'], r['gt'], f'{r["gain"]:.6g}', *(f'{r[m]:.6f}' for m in metrics)])
+
+
+def write_plot(path: str, result: EvalResult, metrics: Sequence[str]) -> None:
+    """PU21-PSNR vs JOD scatter when both were computed, else per-image bars of the first metric (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    names = [r['image'] for r in result.rows]
+    if 'pu21_psnr' in metrics and 'cvvdp' in metrics:
+        fig, ax = plt.subplots(figsize=(6, 5))
+        x = [r['pu21_psnr'] for r in result.rows]
+        y = [r['cvvdp'] for r in result.rows]
+        ax.scatter(x, y)
+        for xi, yi, n in zip(x, y, names):
+            ax.annotate(n, (xi, yi), fontsize=7, xytext=(3, 3), textcoords='offset points')
+        ax.set_xlabel('PU21-PSNR [dB]')
+        ax.set_ylabel('ColorVideoVDP [JOD]')
+    else:
+        m = metrics[0]
+        label, unit, _ = METRIC_INFO.get(m, (m, '', 'higher'))
+        fig, ax = plt.subplots(figsize=(7, 0.3 * len(names) + 1.5))
+        ax.barh(names, [r[m] for r in result.rows])
+        ax.invert_yaxis()
+        ax.set_xlabel(f'{label} [{unit}]' if unit else label)
+    ax.set_title(f'{len(names)} image(s)')
+    fig.tight_layout()
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``llmhdr-eval``."""
+    p = argparse.ArgumentParser(
+        prog='llmhdr-eval',
+        description='Score predicted HDR images against ground truth (PU21, ColorVideoVDP, PSNR-mu, log-PSNR, LPIPS).',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument('--pred', required=True, help='folder of predicted linear HDR files')
+    p.add_argument('--gt', required=True, help='folder of ground-truth linear HDR files')
+    p.add_argument('--pred-suffix', default='', help='removed from the end of prediction stems, e.g. _CycleHDR')
+    p.add_argument('--gt-suffix', default='', help='removed from the end of ground-truth stems')
+    p.add_argument('--metrics', default=None,
+                   help=f'comma-separated subset of {",".join(METRIC_INFO)} (default: all HDR metrics, plus lpips '
+                        'when a backbone is given)')  # fmt: skip
+    p.add_argument('--align', choices=ALIGN_MODES, default=DEFAULT_ALIGN, help='global gain on the prediction')
+    p.add_argument('--peak-nits', type=float, default=DEFAULT_PEAK_NITS, help='cd/m2 of the GT --percentile')
+    p.add_argument('--percentile', type=float, default=DEFAULT_PERCENTILE, help='GT luminance percentile')
+    p.add_argument('--crop-border', type=int, default=0, help='pixels removed on each side')
+    p.add_argument('--display', default=CVVDP_DISPLAY, help='ColorVideoVDP display model (linear EOTF)')
+    p.add_argument('--device', default='cpu', help='ColorVideoVDP / LPIPS device: cpu, auto, cuda, cuda:N')
+    p.add_argument('--lpips-weights', default=None, help='local torchvision backbone checkpoint for LPIPS')
+    p.add_argument('--lpips-net', default='alex', choices=('alex', 'vgg', 'squeeze'), help='LPIPS trunk')
+    p.add_argument('--csv', help='per-image CSV file')
+    p.add_argument('--json', help='JSON file with protocol, summary and per-image scores')
+    p.add_argument('--plot', help='PNG: PU21-PSNR vs JOD scatter, or per-image bars of the first metric')
+    p.add_argument('--quiet', action='store_true', help='no progress bar')
+    return p
+
+
+def _settings(args: argparse.Namespace) -> EvalSettings:
+    from llmhdr_basicsr.utils.device import select_device
+
+    lpips_given = bool(args.lpips_weights or os.environ.get('LLMHDR_LPIPS_BACKBONE', '').strip())
+    if args.metrics:
+        metrics = [m.strip() for m in args.metrics.split(',') if m.strip()]
+        unknown = [m for m in metrics if m not in METRIC_INFO]
+        if unknown:
+            raise UsageError(f'--metrics: unknown {unknown}; choose from {list(METRIC_INFO)}')
+        metrics = list(dict.fromkeys(metrics))
+    else:
+        metrics = list(HDR_METRICS) + ([LPIPS_NAME] if lpips_given else [])
+    if args.peak_nits <= 0 or not 0 < args.percentile <= 100 or args.crop_border < 0:
+        raise UsageError('need --peak-nits > 0, --percentile in (0, 100] and --crop-border >= 0')
+    try:
+        device = str(select_device(args.device))
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    settings = EvalSettings(metrics, args.align, args.peak_nits, args.percentile, args.crop_border, args.display,
+                            device, args.lpips_net, args.lpips_weights)  # fmt: skip
+    if LPIPS_NAME in metrics:  # fail before the loop, with the message that says which file to provide
+        try:
+            from llmhdr_basicsr.metrics.lpips_metric import get_lpips
+        except ImportError as err:
+            raise UsageError(f'LPIPS is not available ({err}); drop lpips from --metrics') from err
+        try:
+            get_lpips(args.lpips_net, args.lpips_weights, device, option='--lpips-weights')
+        except (FileNotFoundError, ValueError) as err:
+            raise UsageError(str(err)) from err
+    if 'cvvdp' in metrics:
+        from llmhdr_basicsr.metrics.hdr_metric import get_cvvdp
+
+        try:
+            get_cvvdp(args.display, device)
+        except (ImportError, ValueError) as err:
+            raise UsageError(f'{err}; or drop cvvdp from --metrics') from err
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``llmhdr-eval`` with parsed arguments; returns the exit status (raises :class:`UsageError`)."""
+    settings = _settings(args)
+    pairs, unmatched_pred, unmatched_gt = match_pairs(args.pred, args.gt, args.pred_suffix, args.gt_suffix)
+    header = [('pred', f'{args.pred}' + (f' (stem suffix {args.pred_suffix!r} removed)' if args.pred_suffix else '')),
+              ('gt', f'{args.gt}' + (f' (stem suffix {args.gt_suffix!r} removed)' if args.gt_suffix else '')),
+              ('pairs', f'{len(pairs)} matched, {len(unmatched_pred)} prediction(s) and {len(unmatched_gt)} '
+                        'ground truth(s) unmatched'),
+              *protocol_lines(settings)]  # fmt: skip
+    width = max(len(k) for k, _ in header)
+    for k, v in header:
+        print(f'{k:<{width}} : {v}')
+    if unmatched_pred or unmatched_gt:
+        stream = sys.stdout if not pairs else sys.stderr
+        print('Unmatched files (matched by stem):', file=stream)
+        for path in unmatched_pred:
+            print(f'  prediction without ground truth: {path}', file=stream)
+        for path in unmatched_gt:
+            print(f'  ground truth without prediction: {path}', file=stream)
+    if not pairs:
+        print(f'{"llmhdr-eval"}: error: no prediction matched a ground-truth file by stem', file=sys.stderr)
+        return 1
+    result = evaluate(pairs, settings, progress=not args.quiet)
+    summary = result.summary(settings.metrics)
+    print()
+    print(format_table(summary, settings.metrics))
+    if result.failed:
+        print(f'\nNot scored ({len(result.failed)}):')
+        for name, reason in result.failed:
+            print(f'  {name}: {reason}')
+    if not result.rows:
+        return 1
+    if args.csv:
+        write_csv(args.csv, result, settings.metrics)
+        print(f'per-image scores: {args.csv}')
+    if args.json:
+        payload = {
+            'protocol': dict(protocol_lines(settings)),
+            'settings': settings.__dict__,
+            'pred': args.pred,
+            'gt': args.gt,
+            'summary': summary,
+            'per_image': result.rows,
+            'failed': [{'image': n, 'reason': r} for n, r in result.failed],
+            'unmatched_pred': unmatched_pred,
+            'unmatched_gt': unmatched_gt,
+        }
+        os.makedirs(osp.dirname(osp.abspath(args.json)), exist_ok=True)
+        with open(args.json, 'w', encoding='utf-8') as f:
+            json.dump(payload, f, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v)
+        print(f'summary: {args.json}')
+    if args.plot:
+        write_plot(args.plot, result, settings.metrics)
+        print(f'plot: {args.plot}')
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point ``llmhdr-eval``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except UsageError as err:
+        print(f'{parser.prog}: error: {err}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())

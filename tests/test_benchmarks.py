@@ -1,0 +1,152 @@
+"""Smoke tests of the benchmark scripts under benchmarks/, at toy sizes, so that they do not rot.
+
+They check that every section runs end to end and reports well-formed numbers; they do not judge speed (that is the
+job of the benchmark itself, run by hand on a quiet machine).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, SHARED_DATA
+
+
+def _load(name: str):
+    """Import ``benchmarks/<name>.py`` as a module (benchmarks/ is not a package)."""
+    module_name = f'_benchmark_{name}'
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, REPO / 'benchmarks' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def speed():
+    return _load('speed')
+
+
+def test_speed_reference_cyclegan_generator_has_the_published_size(speed):
+    """ResNet-9-block CycleGAN generator at ngf 64: 11,378,179 parameters (the published '11.378 M')."""
+    torch.manual_seed(0)
+    net = speed.ResnetGenerator(ngf=64)
+    assert sum(p.numel() for p in net.parameters()) == 11_378_179
+    assert sum(isinstance(m, speed.ResnetBlock) for m in net.modules()) == 9
+    assert any(isinstance(m, torch.nn.ReflectionPad2d) for m in net.modules())
+    small = speed.ResnetGenerator(ngf=4, num_block=2)
+    y = small(torch.rand(1, 3, 32, 40) * 2 - 1)
+    assert y.shape == (1, 3, 32, 40)
+    assert y.abs().max() < 1
+
+
+def test_speed_count_macs_covers_forward_and_backward(speed):
+    """A 3x3 conv: forward MACs = H W Cin Cout 9; with backward (input and weight gradients) three times that."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 8, 3, padding=1, bias=False)
+    x = torch.rand(1, 4, 16, 16, requires_grad=True)
+    forward = 16 * 16 * 4 * 8 * 9
+    assert speed.count_macs(lambda: conv(x)) == forward
+    assert speed.count_macs(lambda: conv(x).sum().backward()) == 3 * forward
+
+
+def test_speed_goals_ratios_and_op_categories(speed):
+    assert speed.Goal('a', 0.95, '>=', 0.9).passed is True
+    assert speed.Goal('b', 1.2, '<=', 1.1).passed is False
+    assert speed.Goal('c', None, '<=', 1.1).passed is None
+    assert speed.ratio(3.0, 2.0) == 1.5
+    assert speed.ratio(1.0, 0.0) is None
+    assert speed.op_category('aten::convolution_backward') == 'convolution'
+    assert speed.op_category('aten::native_batch_norm') == 'norm (instance/batch/layer)'
+    assert speed.op_category('aten::replication_pad2d') == 'padding'
+    assert speed.op_category('aten::sigmoid') == 'element-wise / other'
+
+
+def test_speed_bad_command_line_is_reported(speed, capsys):
+    assert speed.main(['--sections', 'step,warp', '--tiny']) == 2
+    assert 'warp' in capsys.readouterr().err
+    assert speed.main(['--tiny', '--sections', 'data', '--data', str(REPO / 'no_such_folder')]) == 2
+    assert 'no_such_folder' in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_speed_tiny_run_of_step_extras_and_data(speed, tmp_path, capsys):
+    """The three in-process sections at toy size: tables, goals, summary line and a complete JSON file."""
+    out = tmp_path / 'speed.json'
+    code = speed.main(
+        ['--tiny', '--threads', '1', '--sections', 'step,extras,data', '--data', str(SHARED_DATA), '--json', str(out)]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    assert 'Training step' in text and 'Extras' in text and 'Input pipeline' in text
+    summary = [line for line in text.splitlines() if line.startswith('SUMMARY')]
+    assert len(summary) == 1
+    result = json.loads(out.read_text())
+    assert result['machine']['torch'] == torch.__version__
+    step = result['results']['step']
+    ours, ref = step['runs']['CycleHDR [fp32]'], step['runs']['reference CycleGAN [fp32]']
+    for run in (ours, ref):
+        assert len(run['times']) == 2 and all(t > 0 for t in run['times'])
+        assert run['macs'] > 0 and math.isfinite(run['gmac_per_s'])
+    assert step['mac_ratio'] == pytest.approx(ours['macs'] / ref['macs'])
+    extras = result['results']['extras']
+    assert len(extras['ratios']) == 6 and all(v > 0 for v in extras['ratios'].values())
+    assert extras['cache_keys'] == 'from the dataset'
+    assert result['results']['data']['samples_per_s'] > 0
+    names = {g['name'] for g in result['goals']}
+    assert {
+        'achieved GMAC/s, ours / reference CycleGAN',
+        'heuristic perception on / off',
+        'CLIP + SAM / default step',
+        'data loader / training step sample rate',
+    } <= names
+    assert all(g['passed'] in (True, False) for g in result['goals'])
+
+
+@pytest.mark.slow
+def test_speed_infer_child_measures_throughput_and_peak_memory(speed):
+    """One tiled run in a child process (the path of the 4K measurement), at toy size."""
+    spec = {
+        'num_feat': 4,
+        'num_iter': 2,
+        'device': 'cpu',
+        'threads': 1,
+        'seed': 0,
+        'height': 72,
+        'width': 100,
+        'tile': 48,
+        'overlap': 8,
+    }
+    result = speed.run_infer_child(spec)
+    assert result['megapixels'] == pytest.approx(72 * 100 / 1e6)
+    assert result['seconds'] > 0 and result['mp_per_s'] > 0
+    assert result['peak_rss_bytes'] >= result['rss_after_setup_bytes'] > 50 * 2**20  # torch alone is > 50 MiB
+
+
+def test_quality_tiny_run_prints_table_and_writes_json(tmp_path):
+    """benchmarks/quality.py end to end on tiny generated scenes (seconds of training, no ColorVideoVDP)."""
+    import subprocess
+    from pathlib import Path
+
+    from conftest import make_unpaired_folders
+
+    repo = Path(__file__).resolve().parents[1]
+
+    make_unpaired_folders(tmp_path / 'data', n_ldr=3, n_hdr=8, size=(40, 48))
+    out = tmp_path / 'q.json'
+    cmd = [sys.executable, str(repo / 'benchmarks' / 'quality.py'), '--data', str(tmp_path / 'data'),
+           '--work', str(tmp_path / 'work'), '--budget-min', '0.05', '--num-feat', '4', '--crop', '32',
+           '--threads', '1', '--no-cvvdp', '--json', str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]  # 1 = "does not beat the baselines", still a valid run
+    assert 'summary: after 0.05 min' in proc.stdout
+    result = json.loads(out.read_text())
+    assert set(result['summary']) >= {'CycleHDR (ours)', 'linearize (sRGB)', 'Kovaleski-Oliveira 2014'}
+    assert result['train']['iterations'] >= 1 and result['seed'] == 0
