@@ -55,3 +55,31 @@ def make_unpaired_folders(root: Path, n_ldr: int = 3, n_hdr: int = 3, size: tupl
 @pytest.fixture(scope='session')
 def tiny_unpaired(tmp_path_factory) -> tuple[Path, Path]:
     return make_unpaired_folders(tmp_path_factory.mktemp('unpaired'))
+
+
+class DisabledWarnings:
+    """Collects the 'X is disabled' messages of losses that switched themselves off: as ``UserWarning`` (library use)
+    or as records on BasicSR's ``basicsr`` logger (inside a run, or once another test initialised that logger)."""
+
+    def __init__(self, owner: str):
+        import logging
+        import warnings
+
+        self.owner, self.messages = owner, []
+        self._logging, self._warnings = logging, warnings
+
+    def __enter__(self):
+        self._catch = self._warnings.catch_warnings(record=True)
+        self._caught = self._catch.__enter__()
+        self._warnings.simplefilter('always')
+        self._handler = self._logging.Handler()
+        self._handler.emit = lambda record: self.messages.append(record.getMessage())
+        self._logging.getLogger('basicsr').addHandler(self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        self._logging.getLogger('basicsr').removeHandler(self._handler)
+        self._catch.__exit__(*exc)
+        self.messages += [str(w.message) for w in self._caught]
+        self.messages = [m for m in self.messages if self.owner in m]
+        return False

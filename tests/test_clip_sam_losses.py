@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-import warnings
-
 import open_clip
 import pytest
 import torch
 
+from conftest import DisabledWarnings
 from llmhdr_basicsr.losses.clip_contrastive_loss import CLIP_ENV_VAR, CLIPContrastiveLoss
 from llmhdr_basicsr.losses.sam_semantic_loss import (
     SAM_ENV_VAR,
@@ -168,21 +166,10 @@ def test_clip_batch_of_one_is_one_minus_cosine():
 def test_clip_allow_missing_disables_with_one_warning(monkeypatch):
     """Exactly one warning: a UserWarning in library use, or a record on BasicSR's logger inside a run."""
     monkeypatch.delenv(CLIP_ENV_VAR, raising=False)
-    records: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: records.append(record.getMessage())
-    bsr_logger = logging.getLogger('basicsr')
-    bsr_logger.addHandler(handler)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter('always')
-            loss = CLIPContrastiveLoss(arch='ViT-B-32', allow_missing=True)
-            value = loss(images(2), images(2))
-    finally:
-        bsr_logger.removeHandler(handler)
-    ours = [str(w.message) for w in caught if 'CLIPContrastiveLoss' in str(w.message)]
-    ours += [r for r in records if 'CLIPContrastiveLoss' in r]
-    assert len(ours) == 1 and CLIP_ENV_VAR in ours[0]
+    with DisabledWarnings('CLIPContrastiveLoss') as caught:
+        loss = CLIPContrastiveLoss(arch='ViT-B-32', allow_missing=True)
+        value = loss(images(2), images(2))
+    assert len(caught.messages) == 1 and CLIP_ENV_VAR in caught.messages[0]
     assert loss.enabled is False and float(value) == 0.0
 
 
@@ -277,11 +264,10 @@ def test_sam_disk_cache_reused_by_new_instance(tmp_path):
 
 def test_sam_allow_missing_and_missing_checkpoint(monkeypatch):
     monkeypatch.delenv(SAM_ENV_VAR, raising=False)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always')
+    with DisabledWarnings('SAMSemanticLoss') as caught:
         loss = SAMSemanticLoss(variant='vit_b', allow_missing=True)
         value = loss(images(1), images(1))
-    assert len([w for w in caught if 'SAMSemanticLoss' in str(w.message)]) == 1
+    assert len(caught.messages) == 1
     assert loss.enabled is False and float(value) == 0.0
     with pytest.raises(FileNotFoundError, match=SAM_ENV_VAR):
         SAMSemanticLoss(variant='vit_b')

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
@@ -11,6 +9,7 @@ import torchvision
 from basicsr.losses import build_loss
 from basicsr.metrics import calculate_metric
 
+from conftest import DisabledWarnings
 from llmhdr_basicsr.losses.lpips_loss import LPIPSLoss
 from llmhdr_basicsr.metrics.lpips_metric import LPIPS_ENV_VAR, build_lpips, calculate_lpips, get_lpips
 
@@ -107,9 +106,8 @@ def test_lpips_loss_differentiable_frozen_and_weighted(alex_file):
 
 def test_lpips_loss_allow_missing(monkeypatch):
     monkeypatch.delenv(LPIPS_ENV_VAR, raising=False)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always')
+    with DisabledWarnings('LPIPSLoss') as caught:
         loss = LPIPSLoss(allow_missing=True)
         value = loss(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16))
-    assert len([w for w in caught if 'LPIPSLoss' in str(w.message)]) == 1
+    assert len(caught.messages) == 1
     assert loss.enabled is False and float(value) == 0.0
