@@ -78,7 +78,7 @@ def training_options(args, split: Path, work: Path) -> dict:
     train = opt['datasets']['train']
     train.update(
         dataroot_ldr=str(split / 'train_ldr'), dataroot_hdr=str(split / 'train_hdr'), crop_size=args.crop,
-        batch_size_per_gpu=args.batch, cache_images=True, phase='train', hdr_exposure_aug=None,
+        batch_size_per_gpu=args.batch, cache_images=True, phase='train', hdr_exposure_aug=None, hdr_norm=args.hdr_norm,
     )  # fmt: skip
     for key in ('network_g', 'network_g_hdr2ldr'):
         opt[key].update(num_feat=args.num_feat, num_iter=args.num_iter)
@@ -210,11 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--crop', type=int, default=128)
     p.add_argument('--batch', type=int, default=2)
     p.add_argument('--lr', type=float, default=2e-4)
+    p.add_argument('--hdr-norm', type=float, default=99.5, help='HDR luminance percentile mapped to diffuse white')
     p.add_argument('--w-gan', type=float, default=1.0)
     p.add_argument('--w-cycle', type=float, default=10.0)
     p.add_argument('--w-identity', type=float, default=5.0)
     p.add_argument('--w-llm', type=float, default=0.1)
     p.add_argument('--no-cvvdp', action='store_true', help='skip ColorVideoVDP (the slowest metric)')
+    p.add_argument('--baselines-only', action='store_true', help='no training: score the classical operators only')
     p.add_argument('--json', help='write all numbers to this JSON file')
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -234,12 +236,26 @@ def main(argv: list[str] | None = None) -> int:
     print(f'split: {split} (train_ldr {len(os.listdir(split / "train_ldr"))}, train_hdr '
           f'{len(os.listdir(split / "train_hdr"))}); test: {len(pairs)} pairs from {test_ldr}')  # fmt: skip
 
+    if args.baselines_only:
+        results = {
+            name: summarise(score(baseline_predictor(arch, kw), pairs, {})) for name, (arch, kw) in BASELINES.items()
+        }
+        print()
+        print_table(results)
+        if args.json:
+            Path(args.json).write_text(
+                json.dumps({'command': command, 'seed': args.seed, 'summary': results}, indent=1)
+            )
+        return 0
+
     opt = training_options(args, split, work)
     print(f'training for {args.budget_min} min: num_feat {args.num_feat}, num_iter {args.num_iter}, crop {args.crop}, '
-          f'batch {args.batch}, lr {args.lr}, weights gan {args.w_gan} cycle {args.w_cycle} identity '
-          f'{args.w_identity} llm {args.w_llm}')  # fmt: skip
+          f'batch {args.batch}, lr {args.lr}, hdr_norm {args.hdr_norm}, weights gan {args.w_gan} cycle {args.w_cycle} '
+          f'identity {args.w_identity} llm {args.w_llm}')  # fmt: skip
     model, train_summary = train(opt, args.budget_min * 60, args.seed)
     print(f'trained {train_summary["iterations"]} iterations in {train_summary["seconds"]} s')
+    model.save(epoch=0, current_iter=-1)  # models/net_g_latest.pth etc., usable with llmhdr-infer -opt <its options>
+    (Path(opt['path']['experiments_root']) / 'options.yml').write_text(yaml.safe_dump(opt, sort_keys=False))
 
     metric_opts = {}
     results, per_image = {}, {}

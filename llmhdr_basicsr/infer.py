@@ -71,7 +71,7 @@ from llmhdr_basicsr.utils.hdr_io import (
     write_ldr,
 )
 from llmhdr_basicsr.utils.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, GlobalStatsTiler, downscale_to_area
-from llmhdr_basicsr.utils.tonemap import PREVIEW_OPERATORS, mu_law, mu_law_inverse, tonemap_preview
+from llmhdr_basicsr.utils.tonemap import PREVIEW_OPERATORS, hdr_to_model, model_to_hdr, tonemap_preview
 
 logger = logging.getLogger('llmhdr_basicsr.infer')
 
@@ -367,14 +367,11 @@ class Reconstructor:
             f'tile {self.tiler.tile} px, overlap {self.tiler.overlap} px, global instance-norm statistics from {glob}'
         )
 
-    # conversions between file values and the network's domains (CycleHDRModel.to_model_hdr / to_linear)
+    # conversions between file values and the network's domains (shared with CycleHDRModel.to_linear / to_model_hdr)
     def _to_linear(self, y: torch.Tensor) -> torch.Tensor:
         if self.out_domain == 'linear':
             return y.clamp(min=0)
-        return mu_law_inverse(y) * 2.0**self.headroom
-
-    def _to_model_hdr(self, linear: torch.Tensor) -> torch.Tensor:
-        return mu_law((linear / 2.0**self.headroom).clamp(0.0, 1.0))
+        return model_to_hdr(y, self.headroom)
 
     def _guidance(self, x: torch.Tensor):
         enc = self.guidance_encoder
@@ -405,7 +402,7 @@ class Reconstructor:
             from llmhdr_basicsr.data.hdr_transforms import normalize_hdr_np
 
             normalised, _ = normalize_hdr_np(img, self.hdr_norm)
-            x = self._to_model_hdr(torch.from_numpy(normalised).permute(2, 0, 1)[None])
+            x = hdr_to_model(torch.from_numpy(normalised).permute(2, 0, 1)[None], self.headroom)
         guidance = self._guidance(x)
         if self.tiler is not None:
             y = self.tiler(x, guidance=guidance)

@@ -77,11 +77,21 @@ def test_speed_bad_command_line_is_reported(speed, capsys):
 
 
 @pytest.mark.slow
-def test_speed_tiny_run_of_step_extras_and_data(speed, tmp_path, capsys):
-    """The three in-process sections at toy size: tables, goals, summary line and a complete JSON file."""
+def test_speed_tiny_run_of_the_in_process_sections(speed, tmp_path, capsys):
+    """step, extras, data and profile at toy size: tables, goals, summary line and a complete JSON file."""
     out = tmp_path / 'speed.json'
     code = speed.main(
-        ['--tiny', '--threads', '1', '--sections', 'step,extras,data', '--data', str(SHARED_DATA), '--json', str(out)]
+        [
+            '--tiny',
+            '--threads',
+            '1',
+            '--sections',
+            'step,extras,data,profile',
+            '--data',
+            str(SHARED_DATA),
+            '--json',
+            str(out),
+        ]
     )
     assert code == 0
     text = capsys.readouterr().out
@@ -100,6 +110,10 @@ def test_speed_tiny_run_of_step_extras_and_data(speed, tmp_path, capsys):
     assert len(extras['ratios']) == 6 and all(v > 0 for v in extras['ratios'].values())
     assert extras['cache_keys'] == 'from the dataset'
     assert result['results']['data']['samples_per_s'] > 0
+    profile = result['results']['profile']
+    for name in ('CycleHDR', 'reference CycleGAN'):
+        assert profile[name]['aten_calls'] > 0
+        assert profile[name]['categories']['convolution']['calls'] > 0
     names = {g['name'] for g in result['goals']}
     assert {
         'achieved GMAC/s, ours / reference CycleGAN',

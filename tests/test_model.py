@@ -183,6 +183,15 @@ def test_basicsr_test_script_writes_exr_and_previews(tmp_path, tiny_unpaired):
             log = next((tmp_path / 'results' / name).glob('test_*.log')).read_text()
             assert 'pu21_psnr' in log and 'psnr_mu' in log
 
+    # the checkpoint of the smoke training also drives llmhdr-infer (architecture from the training option file)
+    weights = str(models / 'net_g_latest.pth')
+    cmd = ['-m', 'llmhdr_basicsr.infer', '-i', str(ldr), '-o', 'infer_out', '--weights', weights, '-opt', 'train.yml',
+           '--device', 'cpu', '--quiet']  # fmt: skip
+    assert_ok(run_python(cmd, cwd=tmp_path))
+    assert sorted(p.name for p in (tmp_path / 'infer_out').glob('*.exr')) == sorted(
+        f'{p.stem}.exr' for p in ldr.iterdir()
+    )
+
 
 def test_two_process_gloo_training_completes(tmp_path, tiny_unpaired):
     ldr, hdr = tiny_unpaired
@@ -263,3 +272,17 @@ def test_guidance_without_clip_encoder_is_a_clear_error(tmp_path, tiny_unpaired)
     opt['network_g']['guidance_dim'] = 32
     with pytest.raises(ValueError, match='needs a CLIP encoder: set train.clip_opt'):
         build_model(opt)
+
+
+def test_checkpoints_carry_the_architecture_for_inference(model_and_batch):
+    from llmhdr_basicsr.infer import load_network
+
+    model, _, opt = model_and_batch
+    model.save(epoch=0, current_iter=-1)
+    path = Path(opt['path']['models']) / 'net_g_latest.pth'
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt['arch']['type'] == 'FeedbackUNet' and ckpt['arch']['kwargs']['headroom'] == 4
+    loaded = load_network('ldr2hdr', str(path), None, None, 'auto')  # no option file needed
+    x = torch.rand(1, 3, 24, 24)
+    model.net_g.eval()
+    assert torch.allclose(loaded.net(x), model.net_g(x), atol=1e-6)

@@ -65,6 +65,7 @@ from llmhdr_basicsr.utils.fileio import atomic_write
 from llmhdr_basicsr.utils.hdr_io import write_hdr, write_ldr
 from llmhdr_basicsr.utils.options import check_keys
 from llmhdr_basicsr.utils.tonemap import hdr_to_model, model_to_hdr, tonemap_preview
+from llmhdr_basicsr.version import __version__
 
 NETWORKS = ('g', 'g_hdr2ldr', 'd_hdr', 'd_ldr')
 LOSS_BLOCKS = ('gan_opt', 'cycle_opt', 'identity_opt', 'llm_opt', 'clip_opt', 'sam_opt')
@@ -552,6 +553,11 @@ class CycleHDRModel(BaseModel):
         for net_, key in zip(nets, keys):
             state = self.get_bare_model(net_).state_dict()
             save_dict[key] = OrderedDict((k.removeprefix('module.'), v.cpu()) for k, v in state.items())
+        arch = self.opt.get(net_label.replace('net_', 'network_', 1))
+        if arch is not None:  # lets llmhdr-infer rebuild the network without the option file
+            kwargs = dict(arch)
+            save_dict['arch'] = {'type': kwargs.pop('type'), 'kwargs': kwargs}
+        save_dict['version'] = __version__
         self._atomic_save(save_dict, osp.join(self.opt['path']['models'], f'{net_label}_{label}.pth'))
 
     @master_only
