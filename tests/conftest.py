@@ -17,6 +17,17 @@ PYTHON = sys.executable
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
 
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tests use tiny tensors: intra-op threads only add overhead (and contention on the 2 shared CI cores)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run_python(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run ``python <args>`` in a fresh interpreter; on failure the assertion shows the tail of its output."""
     full_env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'PYTHONUNBUFFERED': '1', **(env or {})}

@@ -13,15 +13,6 @@ from llmhdr_basicsr.perception.heuristic import PerceptionMaps
 TINY = dict(num_feat=4, lstm_feat=6, guidance_hidden=8)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: intra-op threads only add overhead (and contention on shared CI cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(**kw):
     torch.manual_seed(0)
     return FeedbackUNet(**{**TINY, **kw})

@@ -20,14 +20,6 @@ KW = dict(num_feat=4, lstm_feat=6, num_iter=2, headroom=4)
 FAST = ['--quiet', '--device', 'cpu']
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def perturbed(net, seed=1, std=0.3):
     """Re-draw the zero-initialised head and gates so that the output depends on the weights."""
     g = torch.Generator().manual_seed(seed)

@@ -31,15 +31,6 @@ OTHER_CLIP = {  # a different architecture, for the wrong-checkpoint test
 TINY_ARCH, OTHER_ARCH = 'llmhdr-test-tiny-clip', 'llmhdr-test-other-clip'
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: intra-op threads only add overhead (and contention on shared CI cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_clip(seed: int = 0, **kwargs) -> CLIPContrastiveLoss:
     torch.manual_seed(seed)
     kwargs.setdefault('random_weights', True)

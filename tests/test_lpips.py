@@ -14,15 +14,6 @@ from llmhdr_basicsr.losses.lpips_loss import LPIPSLoss
 from llmhdr_basicsr.metrics.lpips_metric import LPIPS_ENV_VAR, build_lpips, calculate_lpips, get_lpips
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Small tensors: intra-op threads only add overhead (and contention on shared CI cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope='module')
 def alex_file(tmp_path_factory) -> str:
     """A random torchvision AlexNet checkpoint in torchvision's layout (features.* + a stand-in classifier key)."""

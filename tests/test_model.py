@@ -219,9 +219,15 @@ def test_smoke_config_trains_on_shared_sample_images(tmp_path):
     opt = yaml.safe_load((REPO / 'options' / 'llmhdr_smoke.yml').read_text())
     opt['datasets']['train'].update(dataroot_ldr=str(SHARED_DATA / 'ldr'), dataroot_hdr=str(SHARED_DATA / 'hdr'))
     opt['datasets']['val']['dataroot_lq'] = str(SHARED_DATA / 'ldr')
+    opt['logger']['use_tb_logger'] = True
     (tmp_path / 'smoke.yml').write_text(yaml.safe_dump(opt))
     assert_ok(run_python(['-m', 'llmhdr_basicsr.train', '-opt', 'smoke.yml'], cwd=tmp_path))
     exp = tmp_path / 'experiments' / opt['name']
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / 'tb_logger' / opt['name']), size_guidance={'images': 0}).Reload()
+    assert any(t.startswith('losses/l_g_cycle') for t in events.Tags()['scalars'])
+    assert len(events.Tags()['images']) >= 4  # tone-mapped validation previews
     assert (exp / 'models' / 'net_g_latest.pth').is_file()
     # validation at iteration 4 and once more after training (BasicSR logs it as iteration 5): 8 images each
     assert sorted(p.name for p in (exp / 'visualization').iterdir()) == sorted(

@@ -16,15 +16,6 @@ from llmhdr_basicsr.perception.heuristic import (
 TAU = 0.95
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: intra-op threads only add overhead (and contention on shared CI cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def const(value, n=2, h=9, w=11, dtype=torch.float32):
     return torch.full((n, 3, h, w), float(value), dtype=dtype)
 

@@ -16,15 +16,6 @@ from llmhdr_basicsr.utils.tiling import (
 TINY = dict(num_feat=4, lstm_feat=6, guidance_hidden=8, num_iter=2)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: intra-op threads only add overhead (and contention on shared CI cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def trained_like(seed=0, **kw):
     """A tiny FeedbackUNet whose zero-initialised head and gates are re-drawn, so its output depends on every layer
     (an untrained one returns its input base exactly, whatever the statistics)."""
