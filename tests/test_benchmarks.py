@@ -105,9 +105,11 @@ def test_speed_tiny_run_of_the_in_process_sections(speed, tmp_path, capsys):
     for run in (ours, ref):
         assert len(run['times']) == 2 and all(t > 0 for t in run['times'])
         assert run['macs'] > 0 and math.isfinite(run['gmac_per_s'])
+        assert len(run['cpu_times']) == 2 and all(c > 0 for c in run['cpu_times'])
     assert step['mac_ratio'] == pytest.approx(ours['macs'] / ref['macs'])
     extras = result['results']['extras']
     assert len(extras['ratios']) == 6 and all(v > 0 for v in extras['ratios'].values())
+    assert extras['ratios_cpu'].keys() == extras['ratios'].keys()
     assert extras['cache_keys'] == 'from the dataset'
     assert result['results']['data']['samples_per_s'] > 0
     profile = result['results']['profile']
@@ -140,7 +142,8 @@ def test_speed_infer_child_measures_throughput_and_peak_memory(speed):
     }
     result = speed.run_infer_child(spec)
     assert result['megapixels'] == pytest.approx(72 * 100 / 1e6)
-    assert result['seconds'] > 0 and result['mp_per_s'] > 0
+    assert result['seconds'] > 0 and result['mp_per_s'] > 0 and result['cpu_seconds'] > 0
+    assert 'tile 48 px' in result['path']  # the tiled code path of llmhdr-infer ran
     assert result['peak_rss_bytes'] >= result['rss_after_setup_bytes'] > 50 * 2**20  # torch alone is > 50 MiB
 
 
