@@ -8,8 +8,9 @@ Protocol (printed with the results, so anyone can reproduce them):
    curves and exposures, ``llmhdr_basicsr.utils.camera``); of the rest, half the scenes give the HDR training set and
    the other half give synthesised LDR inputs, added to the real LDR photos — LDR and HDR training sets never show
    the same scene. ``--test-ldr DIR --test-gt DIR`` replace the generated test set by any paired folder.
-2. Train ``CycleHDRModel`` (all losses that need no external weights: adversarial, cycle, identity, perception) for
-   ``--budget-min`` minutes of wall-clock time on this machine, at a width and crop that fit the budget.
+2. Train ``CycleHDRModel`` (all losses that need no external weights: adversarial, cycle, identity (weight 0 by
+   default), perception, and the virtual-camera cycle on the HDR half; generators with the learned camera-curve base)
+   for ``--budget-min`` minutes of wall-clock time on this machine, at a width and crop that fit the budget.
 3. Reconstruct every test LDR with G_Y (full image) and with every registered classical baseline, and score all of
    them with :func:`llmhdr_basicsr.metrics.hdr_metric.compute_hdr_metrics` (the code behind ``llmhdr-eval`` and the
    registered metrics; relative HDR aligned by the geometric-mean luminance gain, PU21/ColorVideoVDP at
@@ -81,7 +82,7 @@ def training_options(args, split: Path, work: Path) -> dict:
         batch_size_per_gpu=args.batch, cache_images=True, phase='train', hdr_exposure_aug=None, hdr_norm=args.hdr_norm,
     )  # fmt: skip
     for key in ('network_g', 'network_g_hdr2ldr'):
-        opt[key].update(num_feat=args.num_feat, num_iter=args.num_iter)
+        opt[key].update(num_feat=args.num_feat, num_iter=args.num_iter, norm=args.norm, crf_basis=bool(args.crf_basis))
     for key in ('network_d_hdr', 'network_d_ldr'):
         opt[key].update(num_feat=args.num_feat)
     t = opt['train']
@@ -91,6 +92,14 @@ def training_options(args, split: Path, work: Path) -> dict:
     t['identity_opt']['loss_weight'] = args.w_identity
     t['llm_opt']['loss_weight'] = args.w_llm
     t['gan_opt']['loss_weight'] = args.w_gan
+    if args.w_camera > 0:  # virtual-camera cycle: the HDR crops photographed with random camera curves
+        t['camera_opt'] = {'type': 'L1Loss', 'loss_weight': args.w_camera, 'reduction': 'mean'}
+        train['virtual_camera'] = True
+    else:
+        t.pop('camera_opt', None)
+        train['virtual_camera'] = None
+    if args.ema > 0:
+        t['ema_decay'] = args.ema
     opt.pop('val', None)
     opt['datasets'].pop('val', None)
     opt.update(is_train=True, dist=False, rank=0, world_size=1, auto_resume=False, root_path=str(work))
@@ -173,7 +182,7 @@ def baseline_predictor(arch_type: str, kwargs: dict):
 
 
 def model_predictor(model):
-    net = model.net_g
+    net = getattr(model, 'net_g_ema', model.net_g)
 
     def predict(ldr):
         net.eval()
@@ -208,13 +217,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--num-feat', type=int, default=8)
     p.add_argument('--num-iter', type=int, default=2)
     p.add_argument('--crop', type=int, default=96)
+    p.add_argument('--crf-basis', type=int, default=1, help='1: generators learn a per-image camera curve base')
+    p.add_argument('--norm', default='instance', choices=('instance', 'none'), help='generator normalisation')
     p.add_argument('--batch', type=int, default=2)
-    p.add_argument('--lr', type=float, default=1e-4)
+    p.add_argument('--lr', type=float, default=2e-4)
     p.add_argument('--hdr-norm', type=float, default=95.0, help='HDR luminance percentile mapped to diffuse white')
-    p.add_argument('--w-gan', type=float, default=1.0)
-    p.add_argument('--w-cycle', type=float, default=10.0)
+    p.add_argument('--w-gan', type=float, default=0.01)
+    p.add_argument('--w-cycle', type=float, default=0.1)
     p.add_argument('--w-identity', type=float, default=0.0)
     p.add_argument('--w-llm', type=float, default=0.1)
+    p.add_argument('--w-camera', type=float, default=10.0, help='virtual-camera cycle weight (0 = off)')
+    p.add_argument('--ema', type=float, default=0.0, help='EMA decay of G_Y, evaluated instead of G_Y (0 = off)')
     p.add_argument('--no-cvvdp', action='store_true', help='skip ColorVideoVDP (the slowest metric)')
     p.add_argument('--baselines-only', action='store_true', help='no training: score the classical operators only')
     p.add_argument('--json', help='write all numbers to this JSON file')
@@ -251,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     opt = training_options(args, split, work)
     print(f'training for {args.budget_min} min: num_feat {args.num_feat}, num_iter {args.num_iter}, crop {args.crop}, '
           f'batch {args.batch}, lr {args.lr}, hdr_norm {args.hdr_norm}, weights gan {args.w_gan} cycle {args.w_cycle} '
-          f'identity {args.w_identity} llm {args.w_llm}')  # fmt: skip
+          f'identity {args.w_identity} llm {args.w_llm} camera {args.w_camera}, ema {args.ema}')  # fmt: skip
     model, train_summary = train(opt, args.budget_min * 60, args.seed)
     print(f'trained {train_summary["iterations"]} iterations in {train_summary["seconds"]} s')
     model.save(epoch=0, current_iter=-1)  # models/net_g_latest.pth etc., usable with llmhdr-infer -opt <its options>

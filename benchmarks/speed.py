@@ -17,7 +17,9 @@ alike. Each time is the median of ``--repeats`` runs after ``--warmup`` untimed 
     Step time with each optional part, relative to the default step: heuristic perception (gating + L_llm) vs both
     off (goal <= 1.10x), CLIP L_con (ViT-B-32, random weights), SAM L_sem (vit_b, random weights, the loss's default
     input size), CLIP + SAM (goal <= 1.6x), cached VLM maps in the batch (``ldr_maps``, ~1.0x). The CLIP/SAM caches
-    of the fixed LDR side are warm (the warm-up step uses the same batch and keys).
+    of the fixed LDR side are warm as in training after the first epoch: every call gets **new random crops and flips
+    of the same LDR images** (warm-up included), so the caches can hit only across crops, through the dataset's
+    whole-image view (``ldr_image_key``, ``ldr_global``, ``ldr_window``); their hit/miss counts are printed.
 ``infer``
     Megapixels per second of ``llmhdr-infer``'s per-image code path (:class:`llmhdr_basicsr.infer.Reconstructor`:
     sRGB in, linear HDR out, file I/O excluded) with G_Y at the training width and random weights: untiled at 1 MP,
@@ -552,40 +554,52 @@ def build_ours(s: Settings, **kwargs):
     return build_model(model_options(s, **kwargs))
 
 
-def training_batch(s: Settings) -> dict:
-    """One real unpaired batch: ``--batch`` crops of ``--size`` from ``--data`` (fixed seed)."""
+def training_batch(s: Settings, draw: int = 0) -> dict:
+    """One real unpaired batch: ``--batch`` crops of ``--size`` from the first LDR images of ``--data``.
+
+    ``draw`` seeds the crop windows, flips and HDR partners (``np.random``, which the dataset draws from): every
+    ``draw`` gives other crops of the **same** LDR images, as the epochs of a training run do.
+    """
+    import numpy as np
     from basicsr.data import build_dataset
     from torch.utils.data import DataLoader
 
     dataset = build_dataset(data_options(s))
     torch.manual_seed(s.seed)
+    np.random.seed(s.seed * 1000 + draw)
     batch = next(iter(DataLoader(dataset, batch_size=s.batch, shuffle=False)))
     return batch
 
 
-def ensure_cache_keys(model, batch: dict) -> tuple[dict, str]:
-    """Make sure ``model`` derives CLIP/SAM cache keys from ``batch``; add synthetic ones if it does not.
+def ensure_cache_keys(model, batches: list[dict]) -> tuple[list[dict], str]:
+    """Make sure ``model`` finds CLIP/SAM cache keys in ``batches``; add synthetic crop keys if it does not.
 
-    The CLIP/SAM losses cache their fixed LDR side under per-image keys that the dataset provides (``ldr_key``). If
-    the model finds none in the batch, the benchmark adds one per image (so that the caches can be warm) and says so.
+    The CLIP/SAM losses cache their fixed LDR side per image under the dataset's whole-image view
+    (``ldr_image_key`` + ``ldr_global`` + ``ldr_window``, :mod:`llmhdr_basicsr.utils.ldr_view`), or per crop under
+    ``ldr_key``. A batch with neither gets one synthetic key per crop, so that the caches can be warm at all, and
+    the sentence returned says so.
 
     Returns:
-        The batch to use and a sentence saying where the keys came from.
+        The batches to use and a sentence saying where the keys came from (``'from the dataset'`` when the dataset
+        provides the whole-image view).
     """
+    model.feed_data(batches[0])
+    if getattr(model, 'ldr_global_view', None) is not None:
+        return batches, 'from the dataset'
     keys_of = getattr(model, '_crop_keys', None)
     if keys_of is None:
-        return batch, 'unknown (the model has no _crop_keys method)'
-    model.feed_data(batch)
+        return batches, 'unknown (the model has neither a whole-image LDR view nor _crop_keys)'
     if keys_of() is not None:
-        return batch, 'from the dataset'
-    batch = dict(batch)
-    n = batch['ldr'].shape[0]
-    for key in ('ldr_key', 'ldr_crop'):
-        batch.setdefault(key, [f'speed-benchmark-{i}' for i in range(n)])
-    model.feed_data(batch)
+        return batches, 'from the dataset (per-crop ldr_key only: new crops miss the caches)'
+    out = []
+    for batch in batches:
+        batch = dict(batch)
+        batch.setdefault('ldr_key', [f'speed-benchmark-{i}' for i in range(batch['ldr'].shape[0])])
+        out.append(batch)
+    model.feed_data(out[0])
     if keys_of() is None:
-        return batch, 'none (the model found no keys: the LDR side is recomputed every step)'
-    return batch, 'synthesised by the benchmark (the dataset batch had none)'
+        return batches, 'none (the model found no keys: the LDR side is recomputed every step)'
+    return out, 'synthesised by the benchmark (the dataset batch had none)'
 
 
 def data_options(s: Settings) -> dict:
@@ -598,6 +612,7 @@ def data_options(s: Settings) -> dict:
         'crop_size': s.size,
         'use_hflip': True,
         'hdr_norm': 99.5,
+        'virtual_camera': True,  # options/llmhdr.yml trains the virtual-camera cycle: its batches carry cam_ldr
         'io_backend': {'type': 'disk'},
     }
 
@@ -605,16 +620,20 @@ def data_options(s: Settings) -> dict:
 # ========================================================================================== timing machinery
 @dataclass
 class Runner:
-    """One configuration to time: ``model.feed_data(batch)`` + ``model.optimize_parameters(it)`` per call."""
+    """One configuration to time: ``model.feed_data(batch)`` + ``model.optimize_parameters(it)`` per call.
+
+    ``batch`` may be a list: call ``k`` (from 0) then uses ``batch[k % len(batch)]``, e.g. new crops at every call.
+    """
 
     name: str
     model: object
-    batch: dict
+    batch: dict | list[dict]
     iteration: int = 0
 
     def __call__(self) -> None:
+        batches = self.batch if isinstance(self.batch, list) else [self.batch]
         self.iteration += 1
-        self.model.feed_data(self.batch)
+        self.model.feed_data(batches[(self.iteration - 1) % len(batches)])
         self.model.optimize_parameters(self.iteration)
 
 
@@ -724,21 +743,25 @@ def section_extras(s: Settings, results: dict) -> tuple[dict, list[Goal]]:
     """Step time with each optional part relative to the default step (interleaved, caches warm)."""
     from llmhdr_basicsr.perception.heuristic import heuristic_maps
 
-    batch = training_batch(s)
+    # One batch per call (warm-up included): new crops/flips of the same LDR images every time, as in training
+    batches = [training_batch(s, draw) for draw in range(max(s.warmup, 1) + s.repeats)]
     base = build_ours(s)
-    batch, key_source = ensure_cache_keys(base, batch)
-    maps_batch = dict(batch)  # stand-in for VLM answers read from a PerceptionCache: valid maps for every image
-    maps_batch['ldr_maps'] = heuristic_maps(batch['ldr']).stack()
-    maps_batch['ldr_maps_valid'] = torch.ones(batch['ldr'].shape[0])
+    batches, key_source = ensure_cache_keys(base, batches)
+    maps_batches = []
+    for batch in batches:  # stand-in for VLM answers read from a PerceptionCache: valid maps for every image
+        maps_batch = dict(batch)
+        maps_batch['ldr_maps'] = heuristic_maps(batch['ldr']).stack()
+        maps_batch['ldr_maps_valid'] = torch.ones(batch['ldr'].shape[0])
+        maps_batches.append(maps_batch)
     clip_name = 'tiny CLIP' if s.tiny else 'ViT-B-32'
     sam_name = 'tiny SAM 64 px' if s.tiny else 'vit_b, 224 px'
     runners = [
-        Runner('default (heuristic perception)', base, batch),
-        Runner('perception off (no gating, no L_llm)', build_ours(s, perception=False), batch),
-        Runner(f'+ CLIP L_con ({clip_name})', build_ours(s, clip=True), batch),
-        Runner(f'+ SAM L_sem ({sam_name})', build_ours(s, sam=True), batch),
-        Runner('+ CLIP + SAM', build_ours(s, clip=True, sam=True), batch),
-        Runner('cached VLM maps (ldr_maps in batch)', build_ours(s), maps_batch),
+        Runner('default (heuristic perception)', base, batches),
+        Runner('perception off (no gating, no L_llm)', build_ours(s, perception=False), batches),
+        Runner(f'+ CLIP L_con ({clip_name})', build_ours(s, clip=True), batches),
+        Runner(f'+ SAM L_sem ({sam_name})', build_ours(s, sam=True), batches),
+        Runner('+ CLIP + SAM', build_ours(s, clip=True, sam=True), batches),
+        Runner('cached VLM maps (ldr_maps in batch)', build_ours(s), maps_batches),
     ]
     res = measure(runners, s)
     default = res[runners[0].name]['median']
@@ -770,14 +793,31 @@ def section_extras(s: Settings, results: dict) -> tuple[dict, list[Goal]]:
         ['configuration', 'median step', 'runs', 'ratio of medians', 'of best runs', 'of CPU times'],
         rows,
     )
-    print(f'CLIP/SAM cache keys: {key_source}; caches warm after the warm-up step.')
+    crops = {k for b in batches for k in b.get('ldr_key', [])}
+    print(
+        f'CLIP/SAM cache keys: {key_source}; {len(batches)} calls per configuration, each with new crops of the same '
+        f'{s.batch} LDR image(s) ({len(crops)} distinct crops): only the first call may miss.'
+    )
+    cache_stats = {}
     for r in runners[2:5]:
         for loss in ('clip_opt', 'sam_opt'):
             cri = getattr(r.model, 'losses', {}).get(loss)
             if cri is not None and hasattr(cri, 'cache'):
+                looked_up = cri.cache.hits + cri.cache.misses
+                stats = {
+                    'hits': cri.cache.hits,
+                    'misses': cri.cache.misses,
+                    'hit_rate': cri.cache.hits / looked_up if looked_up else None,
+                    'encoder_calls': cri.encoder_calls,
+                    'images_encoded': cri.images_encoded,
+                    'ldr_view': getattr(cri, 'last_ldr_view', None),
+                }
+                cache_stats[f'{r.name} / {loss}'] = stats
+                rate = '-' if stats['hit_rate'] is None else f'{100 * stats["hit_rate"]:.0f} %'
                 print(
-                    f'  {r.name} / {loss}: cache hits {cri.cache.hits}, misses {cri.cache.misses}, '
-                    f'encoder calls {cri.encoder_calls}'
+                    f'  {r.name} / {loss} (ldr_view {stats["ldr_view"]}): cache hits {cri.cache.hits}, misses '
+                    f'{cri.cache.misses} (hit rate {rate}), encoder calls {cri.encoder_calls}, images encoded '
+                    f'{cri.images_encoded}'
                 )
     ratios = {r.name: res[r.name]['ratio'] for r in runners}
     ratios_best = {r.name: res[r.name]['ratio_best'] for r in runners}
@@ -785,6 +825,7 @@ def section_extras(s: Settings, results: dict) -> tuple[dict, list[Goal]]:
     out = {
         'runs': res,
         'cache_keys': key_source,
+        'cache_stats': cache_stats,
         'ratios': ratios,
         'ratios_best': ratios_best,
         'ratios_cpu': ratios_cpu,

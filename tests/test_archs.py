@@ -300,3 +300,51 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=1e-4)
     d = PatchGANDiscriminator(num_feat=4)
     torch.testing.assert_close(d.cuda()(x.cuda()).cpu(), d.cpu()(x), atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------- learned camera-curve base (crf_basis)
+def test_crf_basis_starts_at_the_srgb_base_and_learns():
+    torch.manual_seed(0)
+    for out_domain in ('hdr_mu', 'ldr'):
+        net = tiny(out_domain=out_domain, headroom=4, crf_basis=True)
+        x = scene()
+        base = output_domain_base(x, out_domain, 4).clamp(1e-4, 1 - 1e-4)
+        y = net(x)
+        assert (y - base).abs().max() < 1e-2  # 1 % admixture of the basis at the start (crf_basis.INIT_WEIGHT)
+        y.mean().backward()
+        assert net.crf.bias.grad.abs().sum() > 0 and net.crf.proj.weight.grad.abs().sum() > 0
+
+
+def test_crf_basis_curves_known_values_and_monotone():
+    from llmhdr_basicsr.archs.crf_basis import CRFBasisBase
+    from llmhdr_basicsr.utils.tonemap import srgb_decode
+
+    x = torch.linspace(0, 1, 101).view(1, 1, 1, 101).expand(1, 3, 1, 101)
+    feat = torch.randn(1, 8, 2, 2)
+    crf = CRFBasisBase(8, 'decode', basis=[['gamma', 2.2], ['sigmoid', 0.9, 0.6]])
+    with torch.no_grad():
+        crf.bias.copy_(torch.tensor([1e6, 0.0]))  # gamma 2.2 dominates: y = x ** 2.2
+    torch.testing.assert_close(crf(x, feat), x.clamp(min=1e-6) ** 2.2, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        crf.bias.copy_(torch.tensor([0.0, 1.0]))  # half sRGB, half sigmoid inverse t = (b y / (1 + b - y)) ** (1 / g)
+    y = x[0, 0, 0, 50].item()
+    expected = 0.5 * srgb_decode(torch.tensor(y)).item() + 0.5 * (0.6 * y / (1.6 - y)) ** (1 / 0.9)
+    assert abs(crf(x, feat)[0, 0, 0, 50].item() - expected) < 1e-5
+    with torch.no_grad():  # any non-negative mixture: monotone, 0 -> ~0, 1 -> 1
+        crf.bias.copy_(torch.tensor([0.3, 2.0]))
+        crf.proj.weight.normal_()
+    out = crf(x, feat)[0, 0, 0]
+    assert (out[1:] >= out[:-1]).all() and out[0] < 1e-4 and abs(out[-1].item() - 1) < 1e-6
+    enc = CRFBasisBase(8, 'encode', basis=[['gamma', 2.0]])
+    with torch.no_grad():
+        enc.bias.fill_(1e6)
+    torch.testing.assert_close(enc(x, feat), x.clamp(min=1e-6) ** 0.5, atol=1e-4, rtol=1e-4)
+
+
+def test_crf_basis_bad_options_are_named():
+    with pytest.raises(ValueError, match='crf_basis'):
+        tiny(crf_basis='yes')
+    with pytest.raises(ValueError, match='residual=True'):
+        tiny(crf_basis=True, residual=False)
+    with pytest.raises(ValueError, match="'sigmoid', g > 0, beta > 0"):
+        tiny(crf_basis=[['sigmoid', 0.9]])

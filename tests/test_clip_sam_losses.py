@@ -14,6 +14,7 @@ from llmhdr_basicsr.losses.sam_semantic_loss import (
     mask_agreement,
     segment_consistency,
 )
+from llmhdr_basicsr.utils.ldr_view import LDRGlobalView, apply_flip_code, apply_flip_code_np, crop_window
 from llmhdr_basicsr.utils.tonemap import hist_equalize
 from llmhdr_basicsr.utils.weights import LRUCache, load_state_dict_file, resolve_weights
 
@@ -297,3 +298,256 @@ def test_mask_agreement_prefers_matching_logits():
     agree = (targets.float() * 2 - 1) * 8
     assert mask_agreement(agree, targets) < mask_agreement(-agree, targets)
     assert float(mask_agreement(agree, targets)) < 0.01
+
+
+# ------------------------------------------------------------------------------------- whole-image LDR view (issue 5)
+def crops_of(full: torch.Tensor, boxes: list[tuple[int, int, int, int, int]]) -> tuple[torch.Tensor, LDRGlobalView]:
+    """Crops ``full[index, :, top:top+size, left:left+size]`` (flip code ``code`` applied) and their global view.
+
+    Args:
+        full: ``(K, 3, S, S)`` whole images; the global view is the whole image itself (G = S).
+        boxes: per sample ``(index, top, left, size, code)``.
+    """
+    s = full.shape[-1]
+    crops, windows = [], []
+    for index, top, left, size, code in boxes:
+        crops.append(apply_flip_code(full[index, :, top : top + size, left : left + size], code))
+        windows.append(torch.from_numpy(crop_window(top, left, size, size, s, s, code)))
+    indices = [b[0] for b in boxes]
+    view = LDRGlobalView(images=full[indices], image_keys=[f'img{i}' for i in indices], windows=torch.stack(windows))
+    return torch.stack(crops), view
+
+
+def test_clip_image_view_hits_the_cache_across_crops():
+    loss = tiny_clip()
+    calls = count_calls(loss.encoder)
+    full = images(2, size=64)
+    ldr_a, view_a = crops_of(full, [(0, 0, 0, 32, 0), (1, 8, 16, 32, 1)])
+    ldr_b, view_b = crops_of(full, [(0, 30, 20, 32, 5), (1, 2, 3, 32, 0)])  # other crops of the same images
+    assert not torch.equal(ldr_a, ldr_b)
+    first = loss(images(2, size=32, seed=1), ldr_a, ['ka0', 'ka1'], global_view=view_a)
+    assert len(calls) == 2 and (loss.cache.hits, loss.cache.misses) == (0, 2)
+    assert calls[0][0] == 2  # the two whole images, once
+    second = loss(images(2, size=32, seed=1), ldr_b, ['kb0', 'kb1'], global_view=view_b)
+    assert len(calls) == 3, 'with the cache warm only the reconstruction is encoded, whatever the crop'
+    assert (loss.cache.hits, loss.cache.misses) == (2, 2)
+    assert torch.allclose(first, second, atol=1e-6)  # the LDR side is the whole image: crops do not matter
+    with torch.no_grad():
+        direct = loss.embed(hist_equalize(full))
+    assert torch.allclose(loss.embed_ldr_view(view_b), direct, atol=1e-5)
+
+
+def test_clip_same_image_crops_are_not_negatives():
+    loss = tiny_clip()
+    full = images(2, size=48)
+    ldr, view = crops_of(full, [(0, 0, 0, 32, 0), (0, 16, 16, 32, 0), (1, 4, 4, 32, 0)])
+    output = images(3, size=32, seed=7)
+    with torch.no_grad():
+        e_l, e_o = loss.embed(hist_equalize(full))[[0, 0, 1]], loss.embed(output)
+        sim = e_l @ e_o.t() / loss.temperature
+        # rows 0 and 1 (image 0): the other crop of image 0 is left out of the denominator; row 2 sees all three
+        expected = torch.stack(
+            [
+                -torch.log_softmax(sim[0, [0, 2]], 0)[0],
+                -torch.log_softmax(sim[1, [1, 2]], 0)[0],
+                -torch.log_softmax(sim[2], 0)[2],
+            ]
+        ).mean()
+        assert torch.allclose(loss(output, ldr, global_view=view), expected, atol=1e-5)
+        unmasked = torch.nn.functional.cross_entropy(sim, torch.arange(3))
+        assert not torch.allclose(expected, unmasked, atol=1e-4)
+        # a batch of crops of one image has no negative at all: 1 - cos per sample, as for a batch of one
+        ldr1, view1 = crops_of(full, [(1, 0, 0, 32, 0), (1, 10, 6, 32, 3)])
+        cos = (loss.embed(hist_equalize(full[1:])) * loss.embed(output[:2])).sum(-1)
+        assert torch.allclose(loss(output[:2], ldr1, global_view=view1), (1 - cos).mean(), atol=1e-5)
+
+
+def test_clip_image_view_gradients_and_modes():
+    loss = tiny_clip()
+    loss.train()
+    full = images(2, size=48)
+    ldr, view = crops_of(full, [(0, 0, 0, 32, 0), (1, 16, 8, 32, 6)])
+    output = images(2, size=32, seed=1).requires_grad_()
+    value = loss(output, ldr, global_view=view)
+    value.backward()
+    assert torch.isfinite(value) and output.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in loss.encoder.parameters())
+    crop_mode = tiny_clip(ldr_view='crop')  # the crop is embedded even though the batch has the whole image
+    crop_mode(output.detach(), ldr, ['c0', 'c1'], global_view=view)
+    assert 'c0' in crop_mode.cache and not any(k.startswith('image:') for k in crop_mode.cache._data)
+    with pytest.raises(ValueError, match='ldr_view'):
+        tiny_clip(ldr_view='image')(output.detach(), ldr)  # no whole-image view in this batch
+    with pytest.raises(ValueError, match='ldr_view'):
+        tiny_clip(ldr_view='global')
+
+
+class FixedMaskSAM(SAMSemanticLoss):
+    """A tiny SAM whose 'segmenter' returns given binary masks for any image: the geometry under test is known."""
+
+    def __init__(self, masks: torch.Tensor, **kwargs) -> None:
+        kwargs.setdefault('random_weights', True)
+        super().__init__(variant='tiny', input_size=64, points_per_side=2, **kwargs)
+        assert masks.shape == self.mask_shape
+        self.fixed = masks
+
+    def mask_logits(self, images: torch.Tensor) -> torch.Tensor:
+        self.encoder_calls += 1
+        self.images_encoded += images.shape[0]
+        return (self.fixed.float() * 20 - 10).expand(images.shape[0], -1, -1, -1)
+
+
+def test_sam_window_masks_follow_the_crop_window_and_flip():
+    """Whole-image masks (16x16 grid over a 64 px image) cut to a 32 px crop = the 8x8 block under the window,
+    doubled (nearest) to the 16x16 grid and flipped like the crop; masks empty or full inside the window drop out."""
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(12, 16, 16, generator=g) > 0.5
+    masks[9] = False
+    masks[9, :2, :2] = True  # a segment outside the window
+    masks[10] = False  # empty
+    masks[11] = True  # fills every window
+    loss = FixedMaskSAM(masks)
+    full = images(1, size=64)
+    boxes = [(0, 16, 32, 32, code) for code in range(8)]  # crop rows 16..47, cols 32..63 = mask rows 4..11, cols 8..15
+    _, view = crops_of(full, boxes)
+    cut = loss.window_masks(view)
+    assert cut.shape == (8, 12, 16, 16) and set(cut.unique().tolist()) == {0.0, 1.0}
+    block = masks[:, 4:12, 8:16].numpy()
+    doubled = block.repeat(2, axis=1).repeat(2, axis=2)
+    for code in range(8):
+        expected = apply_flip_code_np(doubled.transpose(1, 2, 0), code).transpose(2, 0, 1)
+        got = cut[code].bool().numpy()
+        assert (got[:9] == expected[:9]).all(), f'flip code {code}'
+        assert cut[code, 9:].abs().sum() == 0, 'empty and full masks must be weighted out'
+    assert loss.encoder_calls == 1 and loss.cache.misses == 1  # eight crops of one image: segmented once
+
+
+def test_sam_image_view_loss_uses_the_segments_under_the_window():
+    """Whole image split into left/right segments; the crop straddles the border. An output that is constant on each
+    side of the border (in the crop's orientation) scores ~0, one split the other way ~1."""
+    masks = torch.zeros(12, 16, 16, dtype=torch.bool)
+    masks[0, :, :8] = True  # left half of the image
+    masks[1, :, 8:] = True  # right half
+    loss = FixedMaskSAM(masks)
+    full = images(1, size=64)
+    for code in (0, 4):  # as cut, and transposed: the border turns horizontal
+        _, view = crops_of(full, [(0, 16, 16, 32, code)])  # cols 16..47: the border at crop column 16
+        split = torch.zeros(1, 3, 32, 32)
+        split[..., 16:] = 1.0  # border between columns 15 and 16
+        matching, crossing = (split, split.transpose(-1, -2)) if code == 0 else (split.transpose(-1, -2), split)
+        with torch.no_grad():
+            assert float(loss(matching, matching, global_view=view)) < 0.05
+            assert float(loss(crossing, crossing, global_view=view)) > 0.9
+
+
+def test_sam_image_view_hits_the_cache_across_crops(tmp_path):
+    loss = tiny_sam(cache_dir=str(tmp_path))
+    calls = count_calls(loss.sam.image_encoder)
+    full = images(2, size=64)
+    ldr_a, view_a = crops_of(full, [(0, 0, 0, 32, 0), (1, 8, 16, 32, 1)])
+    ldr_b, view_b = crops_of(full, [(0, 30, 20, 32, 5), (1, 2, 3, 32, 0)])
+    loss.train()
+    output = images(2, size=32, seed=1).requires_grad_()
+    value = loss(output, ldr_a, ['ka0', 'ka1'], global_view=view_a)
+    assert calls == [(2, 3, 64, 64)] and (loss.cache.hits, loss.cache.misses) == (0, 2)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(output.grad).all()
+    assert all(p.grad is None and not p.requires_grad for p in loss.sam.parameters())
+    loss(images(2, size=32, seed=1), ldr_b, ['kb0', 'kb1'], global_view=view_b)
+    assert len(calls) == 1, 'with the cache warm no SAM pass happens, whatever the crop'
+    assert (loss.cache.hits, loss.cache.misses) == (2, 2)
+    assert torch.equal(loss.view_masks(view_b), loss.ldr_masks(full, None))  # same whole images
+    fresh = tiny_sam(cache_dir=str(tmp_path))  # a later run reads the whole-image masks from disk
+    fresh_calls = count_calls(fresh.sam.image_encoder)
+    fresh(images(2, size=32, seed=1), ldr_b, global_view=view_b)
+    assert fresh_calls == [] and fresh.disk_hits == 2
+
+
+def test_sam_image_view_gradient_reaches_output():
+    masks = torch.zeros(12, 16, 16, dtype=torch.bool)
+    masks[0, :, :8] = True
+    masks[1, 4:, 8:] = True
+    loss = FixedMaskSAM(masks)
+    loss.train()
+    full = images(1, size=64)
+    ldr, view = crops_of(full, [(0, 8, 16, 32, 2)])
+    output = images(1, size=32, seed=3).requires_grad_()
+    value = loss(output, ldr, global_view=view)
+    value.backward()
+    assert 0 < float(value.detach()) < 1 and output.grad.abs().sum() > 0
+    assert all(p.grad is None for p in loss.sam.parameters())
+
+
+def test_sam_view_modes_and_mask_agreement_keeps_the_crop():
+    full = images(2, size=64)
+    ldr, view = crops_of(full, [(0, 0, 0, 32, 0), (1, 8, 16, 32, 1)])
+    with pytest.raises(ValueError, match='mask_agreement'):
+        tiny_sam(formulation='mask_agreement', ldr_view='image')
+    with pytest.raises(ValueError, match='ldr_view'):
+        tiny_sam(ldr_view='image')(images(2, size=32), ldr)  # no whole-image view in this batch
+    with pytest.raises(ValueError, match='min_mask_fraction'):
+        tiny_sam(min_mask_fraction=0.6)
+    agreement = tiny_sam(formulation='mask_agreement')  # auto -> crop for this formulation
+    calls = count_calls(agreement.sam.image_encoder)
+    agreement(images(2, size=32, seed=1), ldr, ['c0', 'c1'], global_view=view)
+    assert calls == [(2, 3, 64, 64), (2, 3, 64, 64)] and 'c0' in agreement.cache  # LDR crops, then the output
+    crop_mode = tiny_sam(ldr_view='crop')
+    crop_mode(images(2, size=32, seed=1), ldr, ['c0', 'c1'], global_view=view)
+    assert set(crop_mode.cache._data) == {'c0', 'c1'}
+
+
+def test_model_steps_hit_the_image_caches_across_crops(tmp_path, tiny_unpaired):
+    """Smoke model + tiny CLIP/SAM: from the second batch on (new random crops of the same LDR images) every LDR-side
+    look-up hits, and the encoders see only the reconstructions."""
+    import copy
+
+    import numpy as np
+    import yaml
+    from basicsr.data import build_dataset
+    from basicsr.models import build_model
+    from torch.utils.data import DataLoader
+
+    from conftest import REPO
+
+    opt = yaml.safe_load((REPO / 'options' / 'llmhdr_smoke.yml').read_text())
+    opt['datasets']['train'].update(
+        dataroot_ldr=str(tiny_unpaired[0]), dataroot_hdr=str(tiny_unpaired[1]), crop_size=32, phase='train',
+        global_size=64, use_rot=True,
+    )  # fmt: skip
+    opt.update(is_train=True, dist=False, rank=0, world_size=1, auto_resume=False, root_path=str(tmp_path))
+    opt['path'].update({k: str(tmp_path / k) for k in ('experiments_root', 'models', 'training_states', 'log')})
+    opt['train']['clip_opt'] = {'type': 'CLIPContrastiveLoss', 'arch': TINY_ARCH, 'model_cfg': TINY_CLIP,
+                                'random_weights': True}  # fmt: skip
+    opt['train']['sam_opt'] = {'type': 'SAMSemanticLoss', 'variant': 'tiny', 'random_weights': True, 'input_size': 64}
+    torch.manual_seed(0)
+    model = build_model(copy.deepcopy(opt))
+    dataset = build_dataset(opt['datasets']['train'])
+    clip, sam = model.losses['clip_opt'], model.losses['sam_opt']
+    clip_calls, sam_calls = count_calls(clip.encoder), count_calls(sam.sam.image_encoder)
+    crops = set()
+    for step in range(1, 4):
+        np.random.seed(step)  # new crops and flips every step, same two LDR images
+        batch = next(iter(DataLoader(dataset, batch_size=2, shuffle=False)))
+        crops.update(batch['ldr_key'])
+        model.feed_data(batch)
+        assert model.ldr_global_view is not None and model.ldr_global_view.windows.shape == (2, 5)
+        model.optimize_parameters(step)
+        assert 'l_g_clip' in model.log_dict and 'l_g_sam' in model.log_dict
+    assert len(crops) == 6, 'every step must see new crops'
+    assert clip.last_ldr_view == sam.last_ldr_view == 'image'
+    assert (clip.cache.hits, clip.cache.misses) == (4, 2) and (sam.cache.hits, sam.cache.misses) == (4, 2)
+    assert [c[0] for c in clip_calls] == [2, 2, 2, 2] and len(
+        sam_calls
+    ) == 1  # step 1: LDR images + output; then output
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_image_view_losses_on_cuda_with_the_view_on_the_cpu():
+    """The model leaves the whole-image view on the CPU; the losses move only what they encode."""
+    full = images(2, size=64)
+    ldr, view = crops_of(full, [(0, 0, 0, 32, 0), (1, 8, 16, 32, 5)])
+    output = images(2, size=32, seed=1).cuda().requires_grad_()
+    for loss in (tiny_clip().cuda(), tiny_sam().cuda()):
+        value = loss(output, ldr.cuda(), global_view=view)
+        value.backward()
+        assert value.device.type == 'cuda' and torch.isfinite(value) and loss.last_ldr_view == 'image'
+    assert output.grad.abs().sum() > 0

@@ -18,6 +18,13 @@ from llmhdr_basicsr.data.single_image_dataset import SingleHDRDataset, SingleLDR
 from llmhdr_basicsr.data.unpaired_hdr_dataset import UnpairedLDRHDRDataset
 from llmhdr_basicsr.perception.cache import PerceptionCache
 from llmhdr_basicsr.utils import hdr_io
+from llmhdr_basicsr.utils.ldr_view import (
+    FLIP_PROBE,
+    LDRGlobalView,
+    apply_flip_code_np,
+    cut_windows,
+    flip_code_from_probe,
+)
 from llmhdr_basicsr.utils.tonemap import luminance_np, normalize_hdr
 
 H, W = 24, 32  # tiny images; crops of 16
@@ -490,3 +497,168 @@ def test_build_dataset_and_dataloader_with_workers(tmp_path):
     # BasicSR's worker_init_fn re-seeds np.random identically every epoch; the HDR draws must still differ.
     assert first[0][1] != first[1][1], 'the HDR sample stream of the workers must not repeat every epoch'
     assert run_epochs() == first, 'same seeds must reproduce the samples'
+
+
+# ---------------------------------------------------------------------------------------------------- whole-image view
+def _expected_coords(window: torch.Tensor, h: int, w: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source-pixel (x, y) of every crop pixel, as the window claims: the cut of rows/cols, then the flip code."""
+    top, left = round(float(window[0]) * h), round(float(window[1]) * w)
+    assert float(window[2]) * h - top == pytest.approx(size) and float(window[3]) * w - left == pytest.approx(size)
+    y, x = np.mgrid[top : top + size, left : left + size]
+    xy = apply_flip_code_np(np.stack([x, y], axis=-1), int(window[4]))
+    return xy[..., 0], xy[..., 1]
+
+
+def test_flip_probe_identifies_every_random_flip_rot():
+    rng = np.random.default_rng(3)
+    img = coord_hdr(5, 7)
+    seen = set()
+    for _ in range(64):
+        out, probe = T.random_flip_rot([img, FLIP_PROBE], rng, hflip=True, rot=True)
+        code = flip_code_from_probe(probe)
+        assert np.array_equal(out, apply_flip_code_np(img, code)), code
+        seen.add(code)
+    assert seen == set(range(8))
+    with pytest.raises(ValueError, match='FLIP_PROBE'):
+        flip_code_from_probe(np.zeros((2, 2, 1), np.float32))
+
+
+def test_global_view_image_key_and_window(tmp_path):
+    ldr, hdr = tmp_path / 'ldr', tmp_path / 'hdr'
+    ldr_paths = make_ldr_folder(ldr, n=2)
+    make_hdr_folder(hdr, n=1)
+    ds = UnpairedLDRHDRDataset(unpaired_opt(ldr, hdr, use_rot=True, global_size=12))
+    np.random.seed(0)
+    keys, windows, codes = {0: set(), 1: set()}, set(), set()
+    for _ in range(12):
+        for i in (0, 1):
+            s = ds[i]
+            g = s['ldr_global']
+            assert g.shape == (3, 12, 12) and g.dtype == torch.float32 and 0 <= g.min() and g.max() <= 1
+            assert s['ldr_window'].shape == (5,) and s['ldr_window'].dtype == torch.float32
+            x, y = decode_ldr_coords(s['ldr'])
+            ex, ey = _expected_coords(s['ldr_window'], H, W, 16)
+            assert (x == ex).all() and (y == ey).all(), 'ldr_window must say where the crop came from and how it turned'
+            keys[i].add(s['ldr_image_key'])
+            windows.add(tuple(s['ldr_window'][:4].tolist()))
+            codes.add(int(s['ldr_window'][4]))
+    assert len(keys[0]) == len(keys[1]) == 1 and keys[0] != keys[1], 'one key per image, whatever the crop'
+    assert len(windows) > 4 and len(codes) > 2
+    # the global view is the whole image, area-resized and 8-bit quantised
+    full = hdr_io.read_ldr(ldr_paths[1])
+    expected = cv2.resize(full, (12, 12), interpolation=cv2.INTER_AREA).transpose(2, 0, 1)
+    np.testing.assert_allclose(ds[1]['ldr_global'].numpy(), expected, atol=0.5 / 255 + 1e-6)
+    assert ds._global_views.hits > 0 and len(ds._image_keys) == 2  # memoised per path
+    # the key names the pixels, not the file: a copy elsewhere has the same key, another image another one
+    copy_dir = tmp_path / 'copy'
+    copy_dir.mkdir()
+    (copy_dir / 'renamed.png').write_bytes(Path(ldr_paths[1]).read_bytes())
+    other = UnpairedLDRHDRDataset(unpaired_opt(copy_dir, hdr, global_size=12))
+    assert other[0]['ldr_image_key'] == next(iter(keys[1]))
+
+
+def test_window_cut_reproduces_the_crop(tmp_path):
+    """cut_windows (what SAMSemanticLoss does to whole-image masks) on a coordinate map gives the crop's coordinates."""
+    ldr, hdr = tmp_path / 'ldr', tmp_path / 'hdr'
+    make_ldr_folder(ldr, n=1)
+    make_hdr_folder(hdr, n=1)
+    ds = UnpairedLDRHDRDataset(unpaired_opt(ldr, hdr, use_rot=True, global_size=8))
+    y, x = np.mgrid[0:H, 0:W].astype(np.float32)
+    coord_map = torch.from_numpy(np.stack([x, y]))[None]  # (1, 2, H, W) over the whole image
+    np.random.seed(1)
+    samples = [ds[0] for _ in range(16)]
+    windows = torch.stack([s['ldr_window'] for s in samples])
+    cut = cut_windows(coord_map.expand(len(samples), -1, -1, -1), windows, (16, 16))
+    for s, c in zip(samples, cut):
+        x, y = decode_ldr_coords(s['ldr'])
+        np.testing.assert_allclose(c[0].numpy(), x, atol=1e-4)
+        np.testing.assert_allclose(c[1].numpy(), y, atol=1e-4)
+    assert len({int(w[4]) for w in windows}) > 2
+
+
+def test_window_of_a_reflect_padded_image(tmp_path):
+    ldr, hdr = tmp_path / 'ldr', tmp_path / 'hdr'
+    make_ldr_folder(ldr, n=1, h=10, w=12)
+    make_hdr_folder(hdr, n=1)
+    ds = UnpairedLDRHDRDataset(unpaired_opt(ldr, hdr, use_hflip=False))
+    np.random.seed(0)
+    s = ds[0]
+    y0, x0, y1, x1, code = s['ldr_window'].tolist()
+    assert code == 0 and y0 < 0 < 1 < y1 and x0 < 0 < 1 < x1  # the window reaches into the padding
+    assert (y1 - y0) * 10 == pytest.approx(16) and (x1 - x0) * 12 == pytest.approx(16)
+    x, y = decode_ldr_coords(s['ldr'])
+    top, left = round(y0 * 10), round(x0 * 12)
+    rows, cols = np.arange(16) + top, np.arange(16) + left
+    inside_r, inside_c = (rows >= 0) & (rows < 10), (cols >= 0) & (cols < 12)
+    assert (y[inside_r][:, inside_c] == rows[inside_r][:, None]).all()  # unpadded pixels sit where the window says
+    assert (x[inside_r][:, inside_c] == cols[inside_c][None]).all()
+
+
+def test_global_view_options_val_phase_and_cache_images(folders):
+    *_, ldr, hdr = folders
+    s = UnpairedLDRHDRDataset(unpaired_opt(ldr, hdr, phase='val'))[1]
+    assert s['ldr_global'].shape == (3, 224, 224)  # default global_size
+    assert s['ldr_window'].tolist() == [0.0, 0.0, 1.0, 1.0, 0.0]  # val: the whole image, unflipped
+    for off in (0, None):
+        s = UnpairedLDRHDRDataset(unpaired_opt(ldr, hdr, global_size=off))[0]
+        assert not {'ldr_global', 'ldr_image_key', 'ldr_window'} & set(s) and 'ldr_key' in s
+    for bad in (-1, 2.5, True, '224'):
+        with pytest.raises(ValueError, match='global_size'):
+            UnpairedLDRHDRDataset(unpaired_opt(ldr, hdr, global_size=bad))
+    plain = UnpairedLDRHDRDataset(unpaired_opt(ldr, hdr, global_size=10, use_rot=True))
+    cached = UnpairedLDRHDRDataset(unpaired_opt(ldr, hdr, global_size=10, use_rot=True, cache_images=True))
+    assert len(cached._global_views) == 4  # every view memoised at construction
+    for ds in (plain, cached):
+        np.random.seed(2)
+        ds.samples = [ds[i % 4] for i in range(6)]
+    for a, b in zip(plain.samples, cached.samples):
+        assert a['ldr_image_key'] == b['ldr_image_key'] and torch.equal(a['ldr_window'], b['ldr_window'])
+        assert torch.equal(a['ldr_global'], b['ldr_global'])
+
+
+def test_global_view_collates_with_batch_two(folders):
+    from torch.utils.data import DataLoader
+
+    *_, ldr, hdr = folders
+    ds = UnpairedLDRHDRDataset(unpaired_opt(ldr, hdr, global_size=20, use_rot=True))
+    np.random.seed(0)
+    batch = next(iter(DataLoader(ds, batch_size=2, shuffle=False)))
+    assert batch['ldr_global'].shape == (2, 3, 20, 20) and batch['ldr_window'].shape == (2, 5)
+    assert isinstance(batch['ldr_image_key'], list) and len(set(batch['ldr_image_key'])) == 2
+    view = LDRGlobalView.from_batch(batch)
+    assert len(view) == 2 and view.size == 20 and view.cache_keys[0].startswith('image:')
+    assert view.same_image().tolist() == [[True, False], [False, True]]
+    assert LDRGlobalView.from_batch({k: v for k, v in batch.items() if k != 'ldr_global'}) is None
+    with pytest.raises(KeyError, match='ldr_window'):
+        LDRGlobalView.from_batch({k: v for k, v in batch.items() if k != 'ldr_window'})
+
+
+# ---------------------------------------------------------------------------------------------- virtual camera
+def test_virtual_camera_photographs_the_hdr_crop(folders):
+    """cam_ldr is an 8-bit photo of exactly the returned HDR crop: a pixel clips iff hdr * cam_exposure >= 1 in some
+    channel, and the photo is monotone in the scene's values."""
+    _, _, ldr, hdr = folders
+    ds = UnpairedLDRHDRDataset(
+        unpaired_opt(ldr, hdr, virtual_camera={'clip_range': [0.1, 0.3]}, hdr_exposure_aug=[-1, 1])
+    )
+    np.random.seed(0)
+    for i in range(len(ds)):
+        s = ds[i]
+        cam, scene = s['cam_ldr'], s['hdr'] * s['cam_exposure']
+        assert cam.shape == s['hdr'].shape and cam.dtype == torch.float32 and s['cam_exposure'] > 0
+        assert torch.equal(torch.round(cam * 255), cam * 255)  # 8-bit quantised
+        clipped = scene.max(0).values >= 1
+        assert (cam.max(0).values[clipped] == 1).all()
+        assert (cam.max(0).values[scene.max(0).values < 0.9] < 1).all()
+        order = scene[1].flatten().argsort()
+        assert (cam[1].flatten()[order].diff() >= 0).all()  # monotone CRF
+    val = UnpairedLDRHDRDataset(unpaired_opt(ldr, hdr, virtual_camera=True, phase='val'))
+    assert 'cam_ldr' not in val[0]
+
+
+def test_virtual_camera_bad_option_is_named(folders):
+    _, _, ldr, hdr = folders
+    with pytest.raises(ValueError, match='virtual_camera'):
+        UnpairedLDRHDRDataset(unpaired_opt(ldr, hdr, virtual_camera={'gamma_range': [2.6, 1.8]}))
+    with pytest.raises(ValueError, match='virtual_camera'):
+        UnpairedLDRHDRDataset(unpaired_opt(ldr, hdr, virtual_camera='on'))

@@ -105,6 +105,22 @@ def test_frozen_stats_match_untiled_and_per_tile_stats_do_not():
     assert err_tile.mean() > 10 * err_frozen.mean(), (err_tile.mean(), err_frozen.mean())
 
 
+def test_learned_camera_curve_is_image_wide_in_tiles():
+    """crf_basis: the per-image curve weights come from the whole image's bottleneck mean (ImageMean, recorded and
+    replayed like instance norm), so with full-image statistics the tiles use the untiled curve."""
+    net = trained_like(seed=2, crf_basis=True)
+    with torch.no_grad():  # a curve that really depends on the image
+        net.crf.bias.fill_(0.5)
+        net.crf.proj.weight.normal_(0, 2.0)
+    x = scene()
+    with torch.no_grad():
+        ref = net(x)
+    frozen = GlobalStatsTiler(net, tile=48, overlap=24, global_size=0)(x)
+    err = (frozen - ref).abs()
+    assert err.max() < 1e-2 and err.mean() < 1e-3, (err.max(), err.mean())
+    assert 'crf.pool' in instance_norm_modules(net)
+
+
 def test_downscaled_stats_beat_per_tile_stats_on_non_uniform_content():
     """The default (statistics from a copy of at most tile x tile pixels): closer to untiled than per-tile stats."""
     net = trained_like(seed=3)
@@ -179,3 +195,144 @@ def test_tiles_on_cuda_input_on_cpu():
     gpu = GlobalStatsTiler(net.cuda(), tile=32, overlap=8, global_size=0, device='cuda')(x)
     assert gpu.device.type == 'cpu'
     torch.testing.assert_close(gpu, cpu, atol=1e-3, rtol=1e-3)
+
+
+# ---------------------------------------------------------------------- BasicSR's test path (val.tile, issue 6)
+def _test_setup(root):
+    """Two tiny generators with re-drawn heads/gates (see trained_like) saved as BasicSR checkpoints, and 72 x 88
+    LDR/HDR test folders."""
+    from conftest import make_unpaired_folders
+
+    ldr, hdr = make_unpaired_folders(root / 'data', n_ldr=2, n_hdr=2, size=(72, 88))
+    networks = {}
+    for key, domain in (('network_g', 'hdr_mu'), ('network_g_hdr2ldr', 'ldr')):
+        networks[key] = {'type': 'FeedbackUNet', **TINY, 'out_domain': domain, 'headroom': 4}
+        net = trained_like(**{k: v for k, v in networks[key].items() if k not in ('type', *TINY)})
+        torch.save({'params': net.state_dict()}, root / f'{key}.pth')
+    return ldr, hdr, networks
+
+
+def _run_test_pipeline(root, monkeypatch, name, ldr, hdr, networks, tile=None, num_gpu=0):
+    """``python -m basicsr.test -opt <name>.yml`` in-process: LDR->HDR on ``ldr``, HDR->LDR on ``hdr``."""
+    import yaml
+    from basicsr.test import test_pipeline
+
+    from conftest import REPO
+
+    opt = yaml.safe_load((REPO / 'options' / 'test_llmhdr_tonemap.yml').read_text())
+    opt.update(name=name, num_gpu=num_gpu, **networks)
+    opt['datasets'] = {
+        'test_1': {'name': 'ldr', 'type': 'SingleLDRDataset', 'dataroot_lq': str(ldr)},
+        'test_2': {'name': 'hdr', 'type': 'SingleHDRDataset', 'dataroot_hdr': str(hdr)},
+    }
+    opt['path'] = {f'pretrain_{k}': str(root / f'{k}.pth') for k in networks}
+    if tile is not None:
+        opt['val']['tile'] = tile
+    (root / f'{name}.yml').write_text(yaml.safe_dump(opt))
+    monkeypatch.setattr('sys.argv', ['test.py', '-opt', str(root / f'{name}.yml')])
+    test_pipeline(str(root))
+    return root / 'results' / name / 'visualization'
+
+
+def test_basicsr_test_path_tiled_matches_untiled_both_directions(tmp_path, monkeypatch):
+    """val.tile in BasicSR's test.py: 72 x 88 images in 2 x 2 tiles of 64 (overlap 32), statistics of the full image
+    (global_size 0), both generators. Tolerance as for GlobalStatsTiler (test above, README): max 1e-2, mean 1e-3 in
+    the generators' [0, 1] output space (T-space for LDR->HDR; the 8-bit PNGs of HDR->LDR get one extra code value).
+    Measured: LDR->HDR max 3.9e-3 / mean 1.3e-4, HDR->LDR max 1/255 / mean 1.4e-4."""
+    import logging
+
+    import numpy as np
+
+    from llmhdr_basicsr.utils.hdr_io import read_hdr, read_ldr
+    from llmhdr_basicsr.utils.tonemap import hdr_to_model
+
+    ldr, hdr, networks = _test_setup(tmp_path)
+    untiled = _run_test_pipeline(tmp_path, monkeypatch, 'untiled', ldr, hdr, networks)
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    basicsr_logger = logging.getLogger('basicsr')
+    basicsr_logger.addHandler(handler)  # BasicSR's logger does not propagate to pytest's caplog
+    level, disabled = basicsr_logger.level, logging.root.manager.disable
+    basicsr_logger.setLevel(logging.INFO)  # earlier tests in this process may have left it quieter
+    logging.disable(logging.NOTSET)
+    try:
+        tile = {'size': 64, 'overlap': 32, 'global_size': 0}
+        tiled = _run_test_pipeline(tmp_path, monkeypatch, 'tiled', ldr, hdr, networks, tile)
+    finally:
+        basicsr_logger.removeHandler(handler)
+        basicsr_logger.setLevel(level)
+        logging.disable(disabled)
+    log = '\n'.join(messages)
+    assert 'ldr: tiled inference (val.tile): tile 64 px, overlap 32 px' in log
+    assert 'hdr: tiled inference (val.tile)' in log
+    assert 'Unknown option' not in log
+    assert len(make_tiles(72, 88, 64, 32)) == 4
+
+    exrs = sorted((untiled / 'ldr').glob('*.exr'))
+    pngs = sorted((untiled / 'hdr').glob('*.png'))
+    assert len(exrs) == 2 and len(pngs) == 2
+    for ref_path in exrs:  # LDR->HDR, compared in T-space (the generator's output space)
+        ref = hdr_to_model(torch.from_numpy(read_hdr(ref_path)), 4.0)
+        out = hdr_to_model(torch.from_numpy(read_hdr(tiled / 'ldr' / ref_path.name.replace('untiled', 'tiled'))), 4.0)
+        err = (out - ref).abs()
+        assert ref.std() > 0.01  # the network's output is not flat
+        assert 0 < err.max() < 1e-2 and err.mean() < 1e-3, (ref_path.name, err.max(), err.mean())
+    for ref_path in pngs:  # HDR->LDR
+        ref = read_ldr(ref_path)
+        err = np.abs(read_ldr(tiled / 'hdr' / ref_path.name.replace('untiled', 'tiled')) - ref)
+        assert err.max() < 1e-2 + 1 / 255 and err.mean() < 1e-3, (ref_path.name, err.max(), err.mean())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_basicsr_test_path_tiled_on_cuda_matches_untiled_on_cpu(tmp_path, monkeypatch):
+    """The same tolerance as on the CPU: tiles on the GPU, the blended image assembled on the CPU."""
+    from llmhdr_basicsr.utils.hdr_io import read_hdr
+    from llmhdr_basicsr.utils.tonemap import hdr_to_model
+
+    ldr, hdr, networks = _test_setup(tmp_path)
+    untiled = _run_test_pipeline(tmp_path, monkeypatch, 'untiled', ldr, hdr, networks)
+    tile = {'size': 64, 'overlap': 32, 'global_size': 0}
+    tiled = _run_test_pipeline(tmp_path, monkeypatch, 'tiled', ldr, hdr, networks, tile, num_gpu=1)
+    exrs = sorted((untiled / 'ldr').glob('*.exr'))
+    assert len(exrs) == 2
+    for ref_path in exrs:
+        ref = hdr_to_model(torch.from_numpy(read_hdr(ref_path)), 4.0)
+        out = hdr_to_model(torch.from_numpy(read_hdr(tiled / 'ldr' / ref_path.name.replace('untiled', 'tiled'))), 4.0)
+        err = (out - ref).abs()
+        assert err.max() < 1e-2 and err.mean() < 1e-3, (ref_path.name, err.max(), err.mean())
+
+
+@pytest.mark.parametrize(
+    ('tile', 'error', 'message'),
+    [
+        (-8, ValueError, r'val\.tile must be > 0'),
+        ({'size': 64, 'overlap': 40}, ValueError, r'val\.tile\.overlap \(40\) is too large'),
+        ({'size': 64, 'overlap': 64}, ValueError, r'val\.tile\.overlap \(64\) is too large'),
+        ({'size': 8}, ValueError, r'val\.tile\.size = 8 is too small'),
+        ({'size': 64, 'overlp': 8}, KeyError, r"val\.tile: 'overlp' \(did you mean 'overlap'\?\)"),
+        ('512', TypeError, r'val\.tile must be an integer'),
+    ],
+)
+def test_bad_val_tile_is_a_clear_error_naming_the_option(tmp_path, monkeypatch, tile, error, message):
+    ldr, hdr, networks = _test_setup(tmp_path)
+    with pytest.raises(error, match=message):
+        _run_test_pipeline(tmp_path, monkeypatch, 'bad', ldr, hdr, networks, tile)
+
+
+@pytest.mark.parametrize(
+    ('value', 'expected'),
+    [
+        (None, None),
+        (0, None),
+        (False, None),
+        ({'size': 0}, None),
+        (512, (512, 32, None)),
+        ({'size': 256, 'overlap': 16}, (256, 16, None)),
+        ({'size': 256, 'overlap': 16, 'global_size': 0}, (256, 16, 0)),
+    ],
+)
+def test_val_tile_forms(value, expected):
+    from llmhdr_basicsr.utils.tile_option import parse_tile_option
+
+    assert parse_tile_option(value) == expected

@@ -25,6 +25,8 @@ Domains (``out_domain``):
   linearised LDR read as normalised HDR.
 - ``'ldr'`` (G_X): input = mu-law-compressed normalised linear HDR in [0, 1]; output = display-referred sRGB LDR in
   [0, 1]. ``base = srgb_encode(mu_law_inverse(x))``: clip at 1 and sRGB-encode.
+- ``crf_basis`` (an addition of this project): the fixed sRGB curve of ``base`` becomes a per-image mixture of camera
+  curves predicted from the bottleneck ``e`` (:mod:`llmhdr_basicsr.archs.crf_basis`), starting at sRGB.
 
 Choices where method.md leaves things open (§2.2 [UNKNOWN]), with reasons:
 
@@ -68,6 +70,7 @@ from llmhdr_basicsr.perception.heuristic import PerceptionMaps, heuristic_maps
 from llmhdr_basicsr.utils.tonemap import hdr_to_model, model_to_hdr, srgb_decode, srgb_encode
 
 from .arch_util import ConvLSTMCell, FiLM, conv_norm_act, init_weights, pad_to_multiple
+from .crf_basis import CRFBasisBase
 
 #: Output domains of :class:`FeedbackUNet`.
 OUT_DOMAINS = ('hdr_mu', 'ldr')
@@ -118,7 +121,7 @@ class MapGate(nn.Module):
 
     def forward(self, feat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Gate ``feat`` (``(N, C, h, w)``) with ``mask`` (``(N, 1, h, w)`` in [0, 1], already at the feature size)."""
-        return feat * (1.0 + mask * torch.tanh(self.conv(mask)))
+        return torch.addcmul(feat, feat, mask * torch.tanh(self.conv(mask)))  # f + f * g: one full-size op fewer
 
 
 def _map_pyramid(maps: torch.Tensor, levels: int) -> list[torch.Tensor]:
@@ -161,6 +164,10 @@ class FeedbackUNet(nn.Module):
             :func:`output_domain_base`; 0 puts white at the top (no highlight expansion possible). The training
             option files use 4 (16x white). :class:`~llmhdr_basicsr.models.cyclehdr_model.CycleHDRModel` reads it
             from ``network_g`` to map linear HDR in and out of this domain.
+        crf_basis: replace the fixed sRGB curve of the residual base by a per-image mixture of camera curves predicted
+            from the bottleneck (:class:`~llmhdr_basicsr.archs.crf_basis.CRFBasisBase`; an addition of this
+            project): ``true`` = the default basis, a list of ``['gamma', g]`` / ``['sigmoid', g, beta]`` = that
+            basis, false/None = off (the base is the fixed sRGB curve). Needs ``residual=True``.
     """
 
     def __init__(
@@ -183,6 +190,7 @@ class FeedbackUNet(nn.Module):
         init_std: float = 0.02,
         pad_mode: str = 'replicate',
         headroom: float = 0.0,
+        crf_basis: bool | list | None = None,
     ) -> None:
         super().__init__()
         if out_domain not in OUT_DOMAINS:
@@ -231,10 +239,22 @@ class FeedbackUNet(nn.Module):
         self.up2, self.dec2 = nn.ConvTranspose2d(c3, c2, 2, 2), level(2 * c2, c2)
         self.up1, self.dec1 = nn.ConvTranspose2d(c2, c1, 2, 2), level(2 * c1, c1)
         self.head = nn.Conv2d(c1, num_out_ch, 1)
+        self.crf = None
+        if crf_basis not in (None, False):
+            if not residual:
+                raise ValueError('FeedbackUNet: crf_basis shapes the residual base and needs residual=True')
+            if not (crf_basis is True or isinstance(crf_basis, (list, tuple))):
+                raise ValueError(
+                    f'FeedbackUNet: crf_basis must be true, false/null or a list of curves, not {crf_basis!r}'
+                )
+            direction = 'decode' if out_domain == 'hdr_mu' else 'encode'
+            self.crf = CRFBasisBase(c4, direction, None if crf_basis is True else crf_basis)
         if gating:
             self.gate_af, self.gate_ox = MapGate(c4), MapGate(c3)
             self.gate_ux = nn.ModuleList([MapGate(c1), MapGate(c2), MapGate(c3)])
         init_weights(self, init_std)
+        if self.crf is not None:  # its own initialisation (sRGB-anchored), not N(0, std)
+            self.crf.reset_parameters()
         # special initialisations after the global N(0, std)
         self.lstm.reset_forget_bias()
         if self.film is not None:
@@ -284,6 +304,7 @@ class FeedbackUNet(nn.Module):
         guidance: Guidance = None,
         maps: torch.Tensor | PerceptionMaps | None = None,
         return_all: bool = False,
+        detach_curve: bool = False,
     ) -> torch.Tensor | list[torch.Tensor]:
         """Reconstruct.
 
@@ -297,6 +318,8 @@ class FeedbackUNet(nn.Module):
                 :class:`PerceptionMaps`) at the input size, used at t = 0 instead of the heuristic (e.g. cached VLM
                 answers); later iterations always use the heuristic on ``y_{t-1}``. Ignored when ``gating=False``.
             return_all: return the list of all ``num_iter`` iteration outputs (the last equals the default output).
+            detach_curve: with ``crf_basis``: this call trains everything but the camera-curve mixture weights (the
+                model keeps them to the virtual-camera cycle, ``train.curve_from_camera``).
 
         Returns:
             ``(N, num_out_ch, H, W)`` in (0, 1) in the output domain, or a list of ``num_iter`` such tensors.
@@ -313,7 +336,12 @@ class FeedbackUNet(nn.Module):
         e = self.enc4(F.max_pool2d(s3, 2))
 
         base = base_logit = None
-        if self.residual or self.gating:
+        if self.crf is not None:  # learned per-image camera curve (crf_basis.py)
+            if self.out_domain == 'hdr_mu':  # display LDR -> linear (white 1) -> T-space
+                base = hdr_to_model(self.crf(xp, e, detach_curve), self.headroom)
+            else:  # T-space HDR -> linear (values above white clip) -> display LDR
+                base = self.crf(model_to_hdr(xp, self.headroom), e, detach_curve)
+        elif self.residual or self.gating:
             base = output_domain_base(xp, self.out_domain, self.headroom)
         if self.residual:
             b = base.clamp(self.residual_eps, 1.0 - self.residual_eps)

@@ -7,9 +7,14 @@ import logging
 import math
 import os.path as osp
 
+import cv2
 import numpy as np
 import torch
 from basicsr.utils.registry import DATASET_REGISTRY
+
+from llmhdr_basicsr.utils.camera import apply_camera, exposure_for_clip_fraction, random_camera
+from llmhdr_basicsr.utils.ldr_view import FLIP_PROBE, crop_window, flip_code_from_probe
+from llmhdr_basicsr.utils.weights import LRUCache
 
 from .dataset_util import (
     HDR_FOLDER_EXTENSIONS,
@@ -21,6 +26,43 @@ from .dataset_util import (
 from .hdr_transforms import DEFAULT_HDR_NORM, img2tensor, parse_hdr_norm, random_crop, random_flip_rot
 
 logger = logging.getLogger('basicsr.llmhdr')
+
+#: Default side of the whole-image LDR view ``ldr_global`` (CLIP ViT-B-32's and SAMSemanticLoss's input size).
+DEFAULT_GLOBAL_SIZE = 224
+#: Memory bound of the per-path memo of global views (uint8, 3 G^2 bytes each: ~1800 images at G = 224).
+GLOBAL_MEMO_BYTES = 256 * 2**20
+
+
+def image_digest(img: np.ndarray) -> str:
+    """Hex digest (blake2b, 80 bits) of a decoded image's shape, dtype and exact values: the same image read from any
+    file or path gives the same key, any change of a pixel gives another one."""
+    img = np.ascontiguousarray(img)
+    h = hashlib.blake2b(f'{img.shape}|{img.dtype}|'.encode(), digest_size=10)
+    h.update(memoryview(img).cast('B'))
+    return h.hexdigest()
+
+
+def global_view_np(img: np.ndarray, size: int) -> np.ndarray:
+    """The whole-image LDR view: ``(H, W, 3)`` float display-referred RGB in [0, 1] -> ``(size, size, 3)`` uint8.
+
+    Area-averaged resize (``cv2.INTER_AREA``; bilinear when enlarging) to a square, aspect ratio not kept (the CLIP and
+    SAM inputs are square and squashed the same way); quantised to 8 bits, which ``hist_equalize`` (the only consumer,
+    method.md §6.4) does anyway, so the memo of the dataset holds 3 bytes per pixel.
+    """
+    h, w = img.shape[:2]
+    interp = cv2.INTER_AREA if size <= min(h, w) else cv2.INTER_LINEAR
+    small = cv2.resize(np.ascontiguousarray(img, dtype=np.float32), (size, size), interpolation=interp)
+    return np.round(np.clip(small, 0.0, 1.0) * 255.0).astype(np.uint8).reshape(size, size, -1)
+
+
+def parse_global_size(value: object, name: str) -> int | None:
+    """``global_size`` option -> the side of the whole-image LDR view in pixels, or None (null/0: view off)."""
+    if value is None or (value == 0 and not isinstance(value, bool)):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'{name}: option global_size must be a positive integer (pixels), or 0/null to switch the '
+                         f'whole-image LDR view off, got {value!r}')  # fmt: skip
+    return value
 
 
 def parse_exposure_range(value: object, name: str) -> tuple[float, float] | None:
@@ -74,14 +116,38 @@ class UnpairedLDRHDRDataset(HDRDatasetBase):
       the first miss is logged, later ones counted by the cache) so that batches always collate.
     - ``cache_images`` (default false): keep all decoded (and normalised) images in memory, see
       :mod:`llmhdr_basicsr.data.dataset_util`.
+    - ``global_size`` (default 224): side of the whole-image LDR view ``ldr_global`` that the CLIP/SAM losses cache
+      per image (:mod:`llmhdr_basicsr.utils.ldr_view`; issue 5: with random crops a crop-keyed cache never hits).
+      Use at least the CLIP/SAM input size (224 for ViT-B-32 and SAMSemanticLoss's default), or detail is lost.
+      ``0`` / ``null``: no whole-image view; the three ``ldr_global`` / ``ldr_image_key`` / ``ldr_window`` keys are
+      then absent and the losses fall back to the crop (cached by ``ldr_key``, which random crops rarely repeat).
+    - ``virtual_camera`` (default null = off): train phase: also photograph each HDR crop with a random virtual camera
+      (:mod:`llmhdr_basicsr.utils.camera`: random CRF, gamma or sigmoid, exposure chosen on the **whole** normalised
+      image so that a random 2-16 % of its pixels clip, 8-bit quantisation), for the model's virtual-camera cycle
+      ``camera_opt``. ``true`` = the default camera distribution; a dict = keyword arguments of
+      :func:`~llmhdr_basicsr.utils.camera.random_camera` (``clip_range``, ``gamma_range``, ``sigmoid_prob``, ...).
+      Uses only the HDR set: the training data stay unpaired.
 
     Returns (``__getitem__``): a dict with
 
     - ``'ldr'``: ``(3, h, w)`` float32 RGB, display-referred (sRGB-encoded), in [0, 1];
-    - ``'ldr_key'``: a digest of exactly these LDR pixels, the key of the CLIP/SAM caches of the fixed LDR side;
+    - ``'ldr_key'``: a digest of exactly these LDR pixels (crop and flips included): the CLIP/SAM cache key in their
+      ``ldr_view: crop`` mode;
+    - with ``global_size`` (the default), the whole-image LDR view of :mod:`llmhdr_basicsr.utils.ldr_view`:
+      ``'ldr_image_key'`` (str, a digest of the whole decoded LDR image, the same for every crop of it),
+      ``'ldr_global'`` (``(3, G, G)`` float32 display-referred sRGB in [0, 1], the whole image resized to
+      ``G = global_size``, 8-bit quantised, see :func:`global_view_np`) and ``'ldr_window'`` (float32 ``(5,)``:
+      ``[y0, x0, y1, x1, flip_code]``, the crop window in normalised coordinates of the unpadded image and the
+      flips/rotation applied after cutting; ``[0, 0, 1, 1, 0]`` when nothing was cut or flipped). Key and view are
+      memoised per path (the view in a bounded memo, :data:`GLOBAL_MEMO_BYTES`; every image with ``cache_images``).
+      Inside non-persistent DataLoader workers the memo lasts one epoch, so a sample then costs one digest of the
+      decoded image and one resize on top of the read (measured: 8 ms and 2 ms against 65 ms to read a 0.9 MP PNG);
     - ``'hdr'``: ``(3, h', w')`` float32 linear RGB, >= 0, normalised as above (may exceed 1);
     - ``'hdr_scale'``: float32 scalar tensor, ``hdr * hdr_scale`` gives the file's values (exposure aug included);
     - ``'ldr_path'``, ``'hdr_path'``: str;
+    - with ``virtual_camera``: ``'cam_ldr'`` ``(3, h', w')`` float32 display-referred LDR in [0, 1], the HDR crop as the
+      virtual camera photographed it, and ``'cam_exposure'`` float32 scalar: ``hdr * cam_exposure`` is that photo's
+      linear scene with its clipping level at 1 (the generator's convention for diffuse white);
     - with ``maps_cache``: ``'ldr_maps'`` ``(3, h, w)`` float32 in [0, 1] (channel order as stored) and
       ``'ldr_maps_valid'`` float32 scalar 1.0 / 0.0.
     """
@@ -90,6 +156,7 @@ class UnpairedLDRHDRDataset(HDRDatasetBase):
         {
             'dataroot_ldr', 'dataroot_hdr', 'meta_info_ldr', 'meta_info_hdr', 'crop_size', 'use_hflip', 'use_rot',
             'hdr_norm', 'hdr_exposure_aug', 'maps_cache', 'maps_cache_model', 'maps_cache_config', 'cache_images',
+            'virtual_camera', 'global_size',
         }
     )  # fmt: skip
 
@@ -105,12 +172,36 @@ class UnpairedLDRHDRDataset(HDRDatasetBase):
         self.hdr_percentile = parse_hdr_norm(opt.get('hdr_norm', DEFAULT_HDR_NORM))
         self.exposure_range = parse_exposure_range(opt.get('hdr_exposure_aug'), self.name)
         self.maps_cache = self._open_maps_cache(opt)
+        self.virtual_camera = self._camera_opt(opt.get('virtual_camera'))
+        self.global_size = parse_global_size(opt.get('global_size', DEFAULT_GLOBAL_SIZE), self.name)
+        # Per-path memos of the whole-image LDR side: digests (tiny, unbounded) and global views (bounded).
+        self._image_keys: dict[str, str] = {}
+        memo_entries = GLOBAL_MEMO_BYTES // (3 * self.global_size**2) if self.global_size else 0
+        self._global_views = LRUCache(max(memo_entries, 1))
         if self._bool_opt('cache_images', False):
             self.preload('ldr', self.ldr_paths, self.read_ldr)
             self.preload('hdr', self.hdr_paths, lambda p: self.read_hdr(p, self.hdr_percentile))
+            if self.global_size:  # the decoded images are in memory anyway: memoise every view
+                self._global_views = LRUCache(max(len(self.ldr_paths), 1))
+                for path in self.ldr_paths:
+                    if ('ldr', path) in self._cache:
+                        self.ldr_image_view(path, self._cache[('ldr', path)])
 
     def __len__(self) -> int:
         return len(self.ldr_paths)
+
+    def _camera_opt(self, value: object) -> dict | None:
+        """``virtual_camera`` option -> keyword arguments of :func:`random_camera`, or None when off."""
+        if value is None or value is False:
+            return None
+        kwargs = {} if value is True else value
+        if not isinstance(kwargs, dict):
+            raise ValueError(f'{self.name}: option virtual_camera must be null, true or a dict, got {value!r}')
+        try:
+            random_camera(np.random.default_rng(0), **kwargs)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f'{self.name}: invalid option virtual_camera {kwargs}: {err}') from err
+        return dict(kwargs)
 
     # ------------------------------------------------------------------------------------------------ maps
     def _open_maps_cache(self, opt: dict):
@@ -134,6 +225,18 @@ class UnpairedLDRHDRDataset(HDRDatasetBase):
         maps = self.maps_cache.lookup(ldr_path, (height, width))
         return None if maps is None else np.ascontiguousarray(maps.transpose(1, 2, 0))
 
+    # ------------------------------------------------------------------------------------------------ global view
+    def ldr_image_view(self, path: str, img: np.ndarray) -> tuple[str, np.ndarray]:
+        """Digest and ``(G, G, 3)`` uint8 global view of the whole LDR image ``img`` read from ``path`` (memoised)."""
+        key = self._image_keys.get(path)
+        if key is None:
+            key = self._image_keys[path] = image_digest(img)
+        view = self._global_views.get(path)
+        if view is None:
+            view = global_view_np(img, self.global_size)
+            self._global_views.put(path, view)
+        return key, view
+
     # ------------------------------------------------------------------------------------------------ sample
     def __getitem__(self, index: int) -> dict:
         rng = sample_rng() if self.is_train else None
@@ -145,6 +248,8 @@ class UnpairedLDRHDRDataset(HDRDatasetBase):
             'hdr', first_hdr, n_hdr, lambda i: self.read_hdr(self.hdr_paths[i], self.hdr_percentile), rng
         )
         ldr_path, hdr_path = self.ldr_paths[ldr_index], self.hdr_paths[hdr_index]
+        full_h, full_w = ldr.shape[:2]
+        image_view = self.ldr_image_view(ldr_path, ldr) if self.global_size else None
         ldr_parts = [ldr]
         maps = None
         if self.maps_cache is not None:
@@ -152,15 +257,30 @@ class UnpairedLDRHDRDataset(HDRDatasetBase):
             if maps is not None:
                 ldr_parts.append(maps)
 
+        camera = None
+        if self.is_train and self.virtual_camera is not None:  # exposure fixed on the whole frame, as a camera would
+            camera = random_camera(rng, **self.virtual_camera)
+            # the clipped-pixel quantile on every other row and column: the same exposure within sampling error, 4x
+            # cheaper than on the full frame (this runs for every sample)
+            camera.exposure = exposure_for_clip_fraction(hdr[::2, ::2], camera.clip_fraction, camera.wb_gains)
+        top, left, crop_h, crop_w, flip_code = 0, 0, full_h, full_w, 0
         if self.is_train:
             if self.crop_size is not None:
-                ldr_parts, _ = random_crop(ldr_parts, self.crop_size, rng)  # maps share the LDR window
+                ldr_parts, (top, left) = random_crop(ldr_parts, self.crop_size, rng)  # maps share the LDR window
+                # random_crop pads small images (pad_to_size: half of the padding on top/left): unpadded coordinates
+                top -= max(self.crop_size - full_h, 0) // 2
+                left -= max(self.crop_size - full_w, 0) // 2
+                crop_h = crop_w = self.crop_size
                 (hdr,), _ = random_crop([hdr], self.crop_size, rng)
-            ldr_parts = random_flip_rot(ldr_parts, rng, self.use_hflip, self.use_rot)
+            # The probe goes through the same flip/rotation as the LDR crop and tells which one it was (ldr_window).
+            *ldr_parts, probe = random_flip_rot([*ldr_parts, FLIP_PROBE], rng, self.use_hflip, self.use_rot)
+            flip_code = flip_code_from_probe(probe)
             (hdr,) = random_flip_rot([hdr], rng, self.use_hflip, self.use_rot)
             if self.exposure_range is not None:
                 gain = 2.0 ** rng.uniform(*self.exposure_range)
                 hdr, scale = ensure_finite(hdr * np.float32(gain), hdr_path), scale / gain
+                if camera is not None:  # the same photograph of the scene, whatever the augmentation gain
+                    camera.exposure /= gain
 
         out = {
             'ldr': img2tensor(ldr_parts[0]),
@@ -169,8 +289,15 @@ class UnpairedLDRHDRDataset(HDRDatasetBase):
             'ldr_path': ldr_path,
             'hdr_path': hdr_path,
         }
-        # Names these exact LDR pixels (crop and flips included): the key of the CLIP/SAM LDR-side caches.
+        # Names these exact LDR pixels (crop and flips included): the CLIP/SAM cache key in their 'crop' mode.
         out['ldr_key'] = hashlib.blake2b(out['ldr'].numpy().tobytes(), digest_size=10).hexdigest()
+        if image_view is not None:  # the whole-image LDR side (llmhdr_basicsr.utils.ldr_view)
+            out['ldr_image_key'] = image_view[0]
+            out['ldr_global'] = torch.from_numpy(image_view[1].transpose(2, 0, 1).astype(np.float32) / 255.0)
+            out['ldr_window'] = torch.from_numpy(crop_window(top, left, crop_h, crop_w, full_h, full_w, flip_code))
+        if camera is not None:
+            out['cam_ldr'] = img2tensor(apply_camera(hdr, camera))
+            out['cam_exposure'] = torch.tensor(camera.exposure, dtype=torch.float32)
         if self.maps_cache is not None:
             h, w = out['ldr'].shape[1:]
             out['ldr_maps'] = img2tensor(ldr_parts[1]) if maps is not None else torch.zeros(3, h, w)

@@ -6,9 +6,23 @@ batch, and the cosine similarity of positive pairs is maximised. The formula is 
 
     L_con = -(1/B) sum_i log( exp(cos(E(h(x_i)), E(T(y_i))) / tau) / sum_j exp(cos(E(h(x_i)), E(T(y_j))) / tau) )
 
-with a fallback to ``1 - cos`` for a batch of one. The same encoder provides ``concat(E(x), E(y_t))`` for the
-feedback generator's guidance input (``guidance_dim = 2 * embed_dim``): see :meth:`CLIPContrastiveLoss.embed` and
-:meth:`CLIPContrastiveLoss.embed_ldr`.
+with a fallback to ``1 - cos`` for a batch of one (see :func:`info_nce`). The same encoder provides
+``concat(E(x), E(y_t))`` for the feedback generator's guidance input (``guidance_dim = 2 * embed_dim``): see
+:meth:`CLIPContrastiveLoss.embed` and :meth:`CLIPContrastiveLoss.embed_ldr`.
+
+Which LDR is embedded (``ldr_view``, issue 5): the paper's positive pair is the equalised LDR input and its
+reconstruction. Training crops are random, so an embedding of the LDR *crop* is new at every step and a cache of it
+never hits. With ``ldr_view: image`` (the default whenever the batch carries the whole-image view of
+:mod:`llmhdr_basicsr.utils.ldr_view`, i.e. ``UnpairedLDRHDRDataset`` with ``global_size``) the LDR side is
+``E(h(x_global))``, the equalised **whole** LDR image, cached under its image digest: the positive pair is (whole
+equalised LDR image, tone-mapped reconstruction of a crop of that image), the negatives are the reconstructions of
+the other images of the batch, and once every image has been seen (after the first epoch) no LDR is encoded any
+more: each step encodes only the reconstructions. ``ldr_view: crop`` keeps the literal per-crop pairing (cached by
+the crop digest ``ldr_key``; hits only when the very same crop recurs).
+
+Two crops of the same image in one batch share their LDR embedding, so neither is a negative of the other: whenever
+the batch names its images (``ldr_image_key``, in both modes) such pairs are masked out of the InfoNCE denominator,
+and a sample whose batch holds no other image falls back to ``1 - cos`` like a batch of one.
 
 Weights: open_clip weights from a local file only (``checkpoint`` option > ``LLMHDR_CLIP_CHECKPOINT`` > none);
 nothing is downloaded. Only the image tower is kept.
@@ -30,6 +44,7 @@ from basicsr.utils.registry import LOSS_REGISTRY
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
+from llmhdr_basicsr.utils.ldr_view import LDR_VIEWS, LDRGlobalView, resolve_ldr_view
 from llmhdr_basicsr.utils.tonemap import hist_equalize
 from llmhdr_basicsr.utils.weights import (
     LRUCache,
@@ -42,6 +57,40 @@ from llmhdr_basicsr.utils.weights import (
 )
 
 CLIP_ENV_VAR = 'LLMHDR_CLIP_CHECKPOINT'
+
+
+def info_nce(
+    e_ldr: torch.Tensor, e_out: torch.Tensor, temperature: float, same_image: torch.Tensor | None = None
+) -> torch.Tensor:
+    """InfoNCE of L_con (method.md §6.4) with same-image pairs masked out of the denominator.
+
+    Row ``i`` scores LDR ``i`` against every reconstruction ``j``: ``-log softmax_j(cos(e_ldr_i, e_out_j) / tau)[i]``,
+    where columns ``j != i`` with ``same_image[i, j]`` (another crop of the same image: not a negative) are left out.
+    A row with no negative left (a batch of one, or only crops of one image) uses ``1 - cos(e_ldr_i, e_out_i)``
+    instead. The result is the mean over rows.
+
+    Args:
+        e_ldr: ``(N, D)`` unit LDR-side embeddings (no grad needed).
+        e_out: ``(N, D)`` unit reconstruction embeddings (differentiable).
+        temperature: tau > 0.
+        same_image: ``(N, N)`` bool, True where two samples come from the same image; None: all images differ.
+
+    Returns:
+        Scalar tensor.
+    """
+    n = e_out.shape[0]
+    cos_pos = (e_ldr * e_out).sum(dim=-1)
+    if n == 1:
+        return 1.0 - cos_pos.mean()
+    logits = e_ldr @ e_out.t() / temperature
+    eye = torch.eye(n, dtype=torch.bool, device=logits.device)
+    has_negative = torch.ones(n, dtype=torch.bool, device=logits.device)
+    if same_image is not None:
+        masked = same_image.to(logits.device) & ~eye
+        logits = logits.masked_fill(masked, float('-inf'))  # exp(-inf) = 0: not in the denominator
+        has_negative = (~(masked | eye)).any(dim=1)
+    per_row = F.cross_entropy(logits, torch.arange(n, device=logits.device), reduction='none')
+    return torch.where(has_negative, per_row, 1.0 - cos_pos).mean()
 
 
 def register_open_clip_config(name: str, model_cfg: dict) -> None:
@@ -82,9 +131,11 @@ class CLIPContrastiveLoss(nn.Module):
     to the model's square input size; the aspect ratio is not kept, so every pixel receives gradient) and normalised
     with the model's mean/std inside the loss.
 
-    LDR-side embeddings are fixed per image and cached on the CPU in an LRU dict keyed by ``keys``; a key must
-    identify the exact pixels (e.g. ``'<ldr path>|<crop y0,x0,h,w>|<flip/rot>'``): two different crops under one key
-    would silently share an embedding. Without keys nothing is cached.
+    LDR-side embeddings are fixed per image and cached on the CPU in an LRU dict. With the whole-image view (module
+    docstring, ``ldr_view``) the key is the image digest plus the view size (:attr:`LDRGlobalView.cache_keys`), so
+    every crop of an image hits the same entry. In ``crop`` mode the key is the caller's ``keys``; it must identify
+    the exact pixels (the dataset's ``ldr_key`` digest, or ``'<ldr path>|<crop y0,x0,h,w>|<flip/rot>'``): two
+    different crops under one key would silently share an embedding. Without keys nothing is cached.
 
     Args:
         loss_weight: multiplier of the loss. Default: 1.0.
@@ -101,12 +152,16 @@ class CLIPContrastiveLoss(nn.Module):
         image_size: encoder input size; None = the architecture's (224 for ViT-B-32). Another size resizes the
             checkpoint's position embeddings (open_clip's bicubic resize).
         cache_size: capacity of the LDR embedding cache (0 = no caching). Default: 10000 (about 20 MB at D = 512).
+        ldr_view: which LDR is embedded: ``'image'`` (the whole equalised LDR image, cached per image; the batch must
+            carry the whole-image view), ``'crop'`` (the equalised LDR crop), ``'auto'`` (``'image'`` when the batch
+            carries the view, else ``'crop'``). Default: ``'auto'``.
 
     Attributes:
         enabled (bool): False when the loss switched itself off; the model checks it.
         embed_dim (int): CLIP embedding size D (512 for ViT-B-32); the guidance input is ``2 * embed_dim``.
         cache (LRUCache): the LDR embedding cache; ``cache.hits`` / ``cache.misses`` count look-ups.
         encoder_calls (int): number of image-tower forward passes so far; ``images_encoded``: images through it.
+        last_ldr_view (str | None): ``'image'`` or ``'crop'``, the LDR view the last forward call used.
     """
 
     def __init__(
@@ -120,10 +175,16 @@ class CLIPContrastiveLoss(nn.Module):
         temperature: float = 0.07,
         image_size: int | None = None,
         cache_size: int = 10000,
+        ldr_view: str = 'auto',
     ) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f'CLIPContrastiveLoss: temperature must be > 0, got {temperature}')
+        if ldr_view not in LDR_VIEWS:
+            raise ValueError(f'CLIPContrastiveLoss: ldr_view (train.clip_opt.ldr_view) must be one of {LDR_VIEWS}, '
+                             f'got {ldr_view!r}')  # fmt: skip
+        self.ldr_view = ldr_view
+        self.last_ldr_view: str | None = None
         self.loss_weight = float(loss_weight)
         self.arch = arch
         self.temperature = float(temperature)
@@ -235,20 +296,37 @@ class CLIPContrastiveLoss(nn.Module):
         Returns:
             ``(N, D)`` float32 unit vectors on ``ldr``'s device, without grad.
         """
-        n = ldr.shape[0]
         if keys is None:
             with torch.no_grad():
                 return self.embed(hist_equalize(ldr))
-        keys = check_cache_keys(keys, n, type(self).__name__)
-        rows: list[torch.Tensor | None] = [self.cache.get(k) for k in keys]
-        todo = [i for i, row in enumerate(rows) if row is None]
+        return self._cached_ldr_embed(ldr, check_cache_keys(keys, ldr.shape[0], type(self).__name__), ldr.device)
+
+    def embed_ldr_view(self, view: LDRGlobalView, device: torch.device | str | None = None) -> torch.Tensor:
+        """Cached, gradient-free embeddings ``E(h(x_global))`` of the whole LDR images of a batch (``ldr_view: image``).
+
+        Args:
+            view: the batch's whole-image LDR view (images display-referred sRGB in [0, 1], on any device); only the
+                images missing from the cache are equalised and moved to the encoder's device.
+            device: where the result goes (default: the encoder's device).
+
+        Returns:
+            ``(N, D)`` float32 unit vectors, without grad; equal rows for samples of the same image.
+        """
+        return self._cached_ldr_embed(view.images, view.cache_keys, device or self.mean.device)
+
+    def _cached_ldr_embed(self, ldr: torch.Tensor, keys: list[str], device) -> torch.Tensor:
+        """Embeddings of ``hist_equalize(ldr)`` rows by key: one cache look-up per distinct key (samples sharing a key,
+        e.g. two crops of one image, are looked up and encoded once); the misses are encoded together and stored."""
+        found = {key: self.cache.get(key) for key in dict.fromkeys(keys)}
+        todo = [key for key, emb in found.items() if emb is None]
         if todo:
+            rows = [keys.index(key) for key in todo]
             with torch.no_grad():
-                fresh = self.embed(hist_equalize(ldr[todo]))
-            for j, i in enumerate(todo):
-                rows[i] = fresh[j]
-                self.cache.put(keys[i], fresh[j].detach().cpu())
-        return torch.stack([row.to(ldr.device) for row in rows])
+                fresh = self.embed(hist_equalize(ldr[rows]).to(self.mean.device))  # equalised on the CPU anyway
+            for key, emb in zip(todo, fresh):
+                found[key] = emb
+                self.cache.put(key, emb.detach().cpu())
+        return torch.stack([found[key].to(device) for key in keys])
 
     def forward(
         self,
@@ -256,16 +334,19 @@ class CLIPContrastiveLoss(nn.Module):
         ldr: torch.Tensor,
         keys: Sequence[str] | None = None,
         output_embed: torch.Tensor | None = None,
+        global_view: LDRGlobalView | None = None,
     ) -> torch.Tensor:
-        """InfoNCE over the batch (``1 - cos`` for a batch of one).
+        """InfoNCE over the batch (``1 - cos`` for a batch of one), see :func:`info_nce`.
 
         Args:
             output: ``(N, 3, H, W)`` reconstruction, display-referred in [0, 1]: the tone-mapped (mu-law) HDR output
                 of G_Y, or the LDR output of G_X. Gradients flow to it.
             ldr: ``(N, 3, H, W)`` LDR input x, display-referred (sRGB) in [0, 1]; equalised here (OpenCV
                 ``equalizeHist`` on the luma, method.md §6.4), never differentiated.
-            keys: per-image cache keys of ``ldr`` (see the class docstring), or None.
+            keys: per-image cache keys of ``ldr`` (see the class docstring), or None; used in ``crop`` mode.
             output_embed: ``embed(output)`` when the caller already has it (the guidance path), saving one pass.
+            global_view: the whole-image LDR view of the batch (:meth:`LDRGlobalView.from_batch`), or None. Decides
+                the mode with ``ldr_view`` and, in both modes, which samples share an image (not negatives).
 
         Returns:
             Scalar tensor, ``loss_weight * L_con`` (0 when disabled).
@@ -276,14 +357,16 @@ class CLIPContrastiveLoss(nn.Module):
             raise ValueError(
                 f'CLIPContrastiveLoss: need (N, 3, H, W) output and ldr, got {tuple(output.shape)}, {tuple(ldr.shape)}'
             )
-        e_ldr = self.embed_ldr(ldr, keys)
+        n = output.shape[0]
+        if resolve_ldr_view(self.ldr_view, global_view, n, type(self).__name__, 'train.clip_opt.ldr_view'):
+            self.last_ldr_view = 'image'
+            e_ldr = self.embed_ldr_view(global_view, output.device)  # whole equalised LDR image, cached per image
+        else:
+            self.last_ldr_view = 'crop'
+            e_ldr = self.embed_ldr(ldr, keys)
         e_out = self.embed(output) if output_embed is None else output_embed
-        if output.shape[0] == 1:
-            loss = 1.0 - (e_ldr * e_out).sum(dim=-1).mean()
-        else:  # row i: LDR i against every reconstruction j; the positive is on the diagonal
-            logits = e_ldr @ e_out.t() / self.temperature
-            loss = F.cross_entropy(logits, torch.arange(output.shape[0], device=logits.device))
-        return self.loss_weight * loss
+        same = None if global_view is None else global_view.same_image(e_out.device)
+        return self.loss_weight * info_nce(e_ldr, e_out, self.temperature, same)
 
 
 class _DropRandomInitNotice(logging.Filter):

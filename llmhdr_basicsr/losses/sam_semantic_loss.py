@@ -16,6 +16,32 @@ both built on the same fixed prompts and the same cached LDR masks:
   to the reconstruction. Closer to "SAM segments both and they are compared", but one ViT forward + backward per
   step.
 
+Which LDR is segmented (``ldr_view``, issue 5). Training crops are random, so SAM masks of the LDR *crop* are new at
+every step and a cache of them never hits. With ``ldr_view: image`` (the default whenever the batch carries the
+whole-image view of :mod:`llmhdr_basicsr.utils.ldr_view`, i.e. ``UnpairedLDRHDRDataset`` with ``global_size``):
+
+1. SAM runs **once per image** on ``h(x_global)``, the equalised whole LDR image (resized to ``input_size``), without
+   gradient; the binary masks are cached under the image digest and view size (memory LRU, and ``cache_dir`` on
+   disk when given), so after the first epoch no SAM pass happens at all for ``segment_consistency``;
+2. for each sample the masks are cut to its crop window (``ldr_window``) and given the crop's flip/rotation: bilinear
+   resampling of the binary masks at the cell centres of a crop-aligned grid the size of SAM's mask grid
+   (:func:`~llmhdr_basicsr.utils.ldr_view.cut_windows`), thresholded at 0.5 (like SAM's own upsampling of its mask
+   logits). Binary, not soft: a soft border would count as within-segment variance that no output can remove, and
+   its gradient would blur the reconstruction across segment borders;
+3. masks that cover less than ``min_mask_fraction`` of the window, or more than ``1 - min_mask_fraction``, are
+   weighted out (weight 0): an (almost) empty mask is a segment outside the crop, and a mask filling the window has
+   within-segment variance = total variance, a constant 1 that carries no gradient and only dilutes the others. A
+   sample with no mask left (a crop inside one segment) adds nothing;
+4. the loss is the same ``segment_consistency`` as below, on the crop's reconstruction.
+
+Resolution: a crop then sees the part of the whole-image mask grid under its window (a 256 px crop of a 1024 px
+image: a quarter of the 56 x 56 grid at ``input_size=224``), resampled to the full grid: region-level structure at
+the whole image's scale. Raise ``input_size`` (and the dataset's ``global_size`` with it) for finer segments.
+``'mask_agreement'`` needs SAM's masks of the reconstruction crop *for the same prompts* as the LDR masks; a point
+grid over the whole image has no counterpart on a crop, so that formulation always uses the crop (``ldr_view:
+'image'`` with it is an error, ``'auto'`` means ``'crop'``). ``ldr_view: crop`` keeps the per-crop behaviour
+(cached by the crop digest ``ldr_key``; hits only when the very same crop recurs).
+
 Prompts: a regular ``points_per_side x points_per_side`` grid of single positive points (as SAM's automatic mask
 generator does), each giving SAM's three multimask outputs; every mask is used (``3 * points_per_side^2`` masks).
 
@@ -48,6 +74,7 @@ from segment_anything.build_sam import build_sam_vit_b, build_sam_vit_h, build_s
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import nn
 
+from llmhdr_basicsr.utils.ldr_view import LDR_VIEWS, LDRGlobalView, cut_windows, resolve_ldr_view
 from llmhdr_basicsr.utils.tonemap import hist_equalize, luminance
 from llmhdr_basicsr.utils.weights import (
     LRUCache,
@@ -192,9 +219,11 @@ class SAMSemanticLoss(nn.Module):
     """Semantic segmentation loss L_sem with a frozen SAM (method.md §6.5); formulations in the module docstring.
 
     SAM is frozen (eval mode, ``requires_grad=False``, kept in eval mode when the owner calls ``.train()``). LDR
-    masks come from ``hist_equalize(ldr)`` without gradient and are cached per ``keys`` (memory LRU, plus ``.npy``
-    files under ``cache_dir`` when given, reused by later runs with the same SAM weights and settings). A key must
-    identify the exact pixels (e.g. ``'<ldr path>|<crop y0,x0,h,w>|<flip/rot>'``).
+    masks come from ``hist_equalize`` of the whole LDR image (``ldr_view: image``, cut to each crop) or of the crop,
+    without gradient, and are cached (memory LRU, plus ``.npy`` files under ``cache_dir`` when given, reused by later
+    runs with the same SAM weights and settings): whole-image masks per image digest and view size, crop masks per
+    ``keys``. A crop key must identify the exact pixels (the dataset's ``ldr_key`` digest, or
+    ``'<ldr path>|<crop y0,x0,h,w>|<flip/rot>'``).
 
     Args:
         loss_weight: multiplier of the loss. Default: 1.0.
@@ -210,12 +239,18 @@ class SAMSemanticLoss(nn.Module):
         formulation: ``'segment_consistency'`` (default; no SAM pass on the output) or ``'mask_agreement'``.
         cache_size: capacity of the in-memory mask cache (0 = off). Default: 10000 (about 19 kB each at the
             defaults, bit-packed).
+        ldr_view: ``'image'`` (SAM once per whole LDR image, masks cut to each crop; the batch must carry the
+            whole-image view), ``'crop'`` (SAM on the LDR crop), ``'auto'`` (``'image'`` when the batch carries the
+            view and the formulation allows it, else ``'crop'``). See the module docstring. Default: ``'auto'``.
+        min_mask_fraction: whole-image masks covering less than this fraction of a crop window, or more than
+            ``1 -`` it, are weighted out for that crop (``ldr_view: image`` only). Default: 0.02.
 
     Attributes:
         enabled (bool): False when the loss switched itself off; the model checks it.
         cache (LRUCache): in-memory cache; ``cache.hits`` / ``cache.misses``; ``disk_hits`` counts disk reads.
         encoder_calls (int): SAM image-encoder passes so far; ``images_encoded``: images through it.
         fingerprint (str): hash of the SAM weights and the settings that shape the masks (names the disk cache).
+        last_ldr_view (str | None): ``'image'`` or ``'crop'``, the LDR view the last forward call used.
     """
 
     def __init__(
@@ -230,8 +265,22 @@ class SAMSemanticLoss(nn.Module):
         cache_dir: str | None = None,
         formulation: str = 'segment_consistency',
         cache_size: int = 10000,
+        ldr_view: str = 'auto',
+        min_mask_fraction: float = 0.02,
     ) -> None:
         super().__init__()
+        if ldr_view not in LDR_VIEWS:
+            raise ValueError(f'SAMSemanticLoss: ldr_view (train.sam_opt.ldr_view) must be one of {LDR_VIEWS}, got '
+                             f'{ldr_view!r}')  # fmt: skip
+        if ldr_view == 'image' and formulation == 'mask_agreement':
+            raise ValueError(
+                "SAMSemanticLoss: formulation 'mask_agreement' compares SAM masks of the crop and its reconstruction "
+                "for the same prompts and cannot use the whole-image view: set train.sam_opt.ldr_view to 'crop' (or "
+                "'auto'), or use formulation 'segment_consistency'"
+            )
+        if not 0 <= min_mask_fraction < 0.5:
+            raise ValueError(f'SAMSemanticLoss: min_mask_fraction (train.sam_opt.min_mask_fraction) must be in '
+                             f'[0, 0.5), got {min_mask_fraction}')  # fmt: skip
         if variant not in SAM_VARIANTS:
             raise ValueError(
                 f'SAMSemanticLoss: unknown variant {variant!r} (train.sam_opt.variant); use {SAM_VARIANTS}'
@@ -244,6 +293,9 @@ class SAMSemanticLoss(nn.Module):
         self.loss_weight = float(loss_weight)
         self.variant = variant
         self.formulation = formulation
+        self.ldr_view = 'crop' if formulation == 'mask_agreement' else ldr_view
+        self.min_mask_fraction = float(min_mask_fraction)
+        self.last_ldr_view: str | None = None
         self.input_size = int(input_size)
         self.points_per_side = int(points_per_side)
         self.cache = LRUCache(cache_size)
@@ -351,32 +403,69 @@ class SAMSemanticLoss(nn.Module):
         Returns:
             ``(N, M, h, w)`` bool on ``ldr``'s device (``mask_shape``; SAM's threshold: logit > 0).
         """
-        n = ldr.shape[0]
         if keys is None:
             with torch.no_grad():
                 return self.mask_logits(hist_equalize(ldr)) > 0
-        keys = check_cache_keys(keys, n, type(self).__name__)
-        rows: list[np.ndarray | None] = []
-        for key in keys:
+        return self._cached_masks(ldr, check_cache_keys(keys, ldr.shape[0], type(self).__name__), ldr.device)
+
+    def view_masks(self, view: LDRGlobalView, device: torch.device | str | None = None) -> torch.Tensor:
+        """Binary SAM masks of the equalised **whole** LDR images ``h(x_global)`` (cached per image, no gradient).
+
+        Args:
+            view: the batch's whole-image LDR view (images display-referred sRGB in [0, 1], on any device); only the
+                images missing from the caches are equalised, moved to SAM's device and segmented.
+            device: where the result goes (default: SAM's device).
+
+        Returns:
+            ``(N, M, h, w)`` bool (``mask_shape``) over the whole image (squashed to a square like SAM's input).
+        """
+        return self._cached_masks(view.images, view.cache_keys, device or self.points.device)
+
+    def window_masks(self, view: LDRGlobalView, device: torch.device | str | None = None) -> torch.Tensor:
+        """The whole-image masks of :meth:`view_masks` cut to each sample's crop window and flip (module docstring).
+
+        Args:
+            view: the batch's whole-image LDR view (``windows``: crop window and flip code per sample).
+            device: where the result goes (default: SAM's device).
+
+        Returns:
+            ``(N, M, h, w)`` float32 binary masks (0/1) on the crop's grid (``mask_shape``, in the crop's
+            orientation); masks covering less than ``min_mask_fraction`` or more than ``1 - min_mask_fraction`` of
+            the window are all zero.
+        """
+        masks = self.view_masks(view, device)
+        cut = (cut_windows(masks, view.windows, masks.shape[-2:]) > 0.5).float()
+        coverage = cut.mean(dim=(2, 3), keepdim=True)
+        f = self.min_mask_fraction
+        return cut * ((coverage >= f) & (coverage <= 1 - f)).to(cut.dtype)
+
+    def _cached_masks(self, ldr: torch.Tensor, keys: list[str], device) -> torch.Tensor:
+        """Masks of ``hist_equalize(ldr)`` rows by key: memory, then disk, then SAM for the misses (stored in both).
+
+        One look-up per distinct key: samples sharing a key (two crops of one image) are looked up and segmented once.
+        """
+        found: dict[str, np.ndarray | None] = {}
+        for key in dict.fromkeys(keys):
             packed = self.cache.get(key)
             if packed is None:
                 packed = self._disk_get(key)
                 if packed is not None:
                     self.disk_hits += 1
                     self.cache.put(key, packed)
-            rows.append(packed)
-        todo = [i for i, row in enumerate(rows) if row is None]
+            found[key] = packed
+        todo = [key for key, packed in found.items() if packed is None]
         if todo:
-            with torch.no_grad():
-                fresh = (self.mask_logits(hist_equalize(ldr[todo])) > 0).cpu().numpy()
-            for j, i in enumerate(todo):
-                rows[i] = np.packbits(fresh[j].reshape(-1))
-                self.cache.put(keys[i], rows[i])
-                self._disk_put(keys[i], rows[i])
+            rows = [keys.index(key) for key in todo]
+            with torch.no_grad():  # equalised on the CPU anyway; only the misses go to SAM's device
+                fresh = (self.mask_logits(hist_equalize(ldr[rows]).to(self.points.device)) > 0).cpu().numpy()
+            for key, masks in zip(todo, fresh):
+                found[key] = np.packbits(masks.reshape(-1))
+                self.cache.put(key, found[key])
+                self._disk_put(key, found[key])
         shape = self.mask_shape
         count = shape[0] * shape[1] * shape[2]
-        masks = np.stack([np.unpackbits(row, count=count).reshape(shape) for row in rows]).astype(bool)
-        return torch.from_numpy(masks).to(ldr.device)
+        masks = np.stack([np.unpackbits(found[key], count=count).reshape(shape) for key in keys]).astype(bool)
+        return torch.from_numpy(masks).to(device)
 
     def _disk_path(self, key: str) -> Path:
         return self.cache_dir / self.fingerprint / f'{hashlib.sha1(key.encode()).hexdigest()}.npy'
@@ -404,7 +493,13 @@ class SAMSemanticLoss(nn.Module):
         np.save(tmp, packed, allow_pickle=False)
         os.replace(tmp, path)  # atomic: concurrent workers never read half a file
 
-    def forward(self, output: torch.Tensor, ldr: torch.Tensor, keys: Sequence[str] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        output: torch.Tensor,
+        ldr: torch.Tensor,
+        keys: Sequence[str] | None = None,
+        global_view: LDRGlobalView | None = None,
+    ) -> torch.Tensor:
         """L_sem between the reconstruction and the SAM segments of the equalised LDR input.
 
         Args:
@@ -412,7 +507,9 @@ class SAMSemanticLoss(nn.Module):
                 LDR output of G_X). Gradients flow to it.
             ldr: ``(N, 3, H, W)`` LDR input x, display-referred (sRGB) in [0, 1]; equalised here, never
                 differentiated.
-            keys: per-image cache keys of ``ldr``, or None.
+            keys: per-image cache keys of ``ldr``, or None; used in ``crop`` mode.
+            global_view: the whole-image LDR view of the batch (:meth:`LDRGlobalView.from_batch`), or None; decides
+                the mode with ``ldr_view`` (module docstring).
 
         Returns:
             Scalar tensor, ``loss_weight * L_sem`` (0 when disabled).
@@ -423,6 +520,10 @@ class SAMSemanticLoss(nn.Module):
             raise ValueError(
                 f'SAMSemanticLoss: need (N, 3, H, W) output and ldr, got {tuple(output.shape)}, {tuple(ldr.shape)}'
             )
+        if resolve_ldr_view(self.ldr_view, global_view, output.shape[0], type(self).__name__, 'train.sam_opt.ldr_view'):
+            self.last_ldr_view = 'image'
+            return self.loss_weight * segment_consistency(output, self.window_masks(global_view, output.device))
+        self.last_ldr_view = 'crop'
         targets = self.ldr_masks(ldr, keys)
         if self.formulation == 'mask_agreement':
             loss = mask_agreement(self.mask_logits(output), targets)

@@ -29,7 +29,14 @@ Objectives (each an optional ``train.<name>_opt`` block with ``type`` and ``loss
 4. perception ``llm_opt`` (:class:`~llmhdr_basicsr.losses.perception_loss.LLMPerceptionLoss`): soft artifact /
    over- / under-exposure fractions of both outputs;
 5. contrastive ``clip_opt`` (``CLIPContrastiveLoss``): CLIP InfoNCE between hist-equalised inputs and outputs;
-6. semantic ``sam_opt`` (``SAMSemanticLoss``): SAM segment agreement between the same pairs.
+6. semantic ``sam_opt`` (``SAMSemanticLoss``): SAM segment agreement between the same pairs;
+7. virtual-camera cycle ``camera_opt`` (an addition of this project, not in the paper; method.md §7): the HDR cycle
+   with G_X replaced by a known random camera, |G_Y(c(y)) - T(e y)|, where c photographs the HDR crop y with a random
+   CRF and exposure e (``UnpairedLDRHDRDataset`` option ``virtual_camera``). It uses only the HDR set, so training
+   stays unpaired, and it teaches G_Y to invert camera curves, which the adversarial terms alone did not learn in the
+   quality benchmark's budget (benchmarks/README.md). Off when the block or the dataset option is missing. With a
+   learned camera curve (``network_g.crf_basis``) and ``train.curve_from_camera`` (default true) only this term
+   trains G_Y's curve mixture; every other term still trains the rest of G_Y.
 
 Training step (CycleGAN order, ``pytorch-CycleGAN-and-pix2pix`` ``optimize_parameters``): generators first with both
 discriminators frozen, then both discriminators on real vs pooled fakes, each D loss halved.
@@ -63,19 +70,22 @@ from llmhdr_basicsr.models.lr_scheduler import build_scheduler
 from llmhdr_basicsr.perception.heuristic import heuristic_maps
 from llmhdr_basicsr.utils.fileio import atomic_write
 from llmhdr_basicsr.utils.hdr_io import write_hdr, write_ldr
+from llmhdr_basicsr.utils.ldr_view import LDRGlobalView
 from llmhdr_basicsr.utils.options import check_keys
+from llmhdr_basicsr.utils.tile_option import parse_tile_option
+from llmhdr_basicsr.utils.tiling import GlobalStatsTiler
 from llmhdr_basicsr.utils.tonemap import hdr_to_model, model_to_hdr, tonemap_preview
 from llmhdr_basicsr.version import __version__
 
 NETWORKS = ('g', 'g_hdr2ldr', 'd_hdr', 'd_ldr')
-LOSS_BLOCKS = ('gan_opt', 'cycle_opt', 'identity_opt', 'llm_opt', 'clip_opt', 'sam_opt')
+LOSS_BLOCKS = ('gan_opt', 'cycle_opt', 'identity_opt', 'llm_opt', 'clip_opt', 'sam_opt', 'camera_opt')
 TRAIN_KEYS = (
     *(f'{b}' for b in LOSS_BLOCKS),
     'optim_g', 'optim_d', 'scheduler', 'total_iter', 'warmup_iter', 'ema_decay', 'pool_size', 'net_d_iters',
-    'net_d_init_iters', 'deep_supervision', 'amp', 'channels_last',
+    'net_d_init_iters', 'deep_supervision', 'amp', 'channels_last', 'curve_from_camera',
 )  # fmt: skip
 VAL_KEYS = ('val_freq', 'save_img', 'suffix', 'pbar', 'metrics', 'output_ext', 'preview', 'preview_stops',
-            'tb_images', 'clip_guidance')  # fmt: skip
+            'tb_images', 'clip_guidance', 'tile')  # fmt: skip
 
 
 def _unwrap(output):
@@ -95,6 +105,9 @@ class CycleHDRModel(BaseModel):
 
     def __init__(self, opt: dict):
         super().__init__(opt)
+        if opt.get('val'):  # training and test.py alike: a misspelt key (e.g. 'tiles') is reported, not ignored
+            check_keys(opt['val'], VAL_KEYS, 'val')
+        self.val_tile = parse_tile_option((opt.get('val') or {}).get('tile'), 'val.tile')  # checked before any build
         self.net_g = self._build('g')
         self.net_g_hdr2ldr = self._build('g_hdr2ldr') if 'network_g_hdr2ldr' in opt else None
         self.headroom = float(getattr(self.get_bare_model(self.net_g), 'headroom', 0.0))
@@ -102,8 +115,6 @@ class CycleHDRModel(BaseModel):
         self.guidance_encoder = None
         if self.is_train:
             check_keys(opt['train'], TRAIN_KEYS, 'train')
-            if opt.get('val'):
-                check_keys(opt['val'], VAL_KEYS, 'val')
             for name in ('g_hdr2ldr', 'd_hdr', 'd_ldr'):
                 if f'network_{name}' not in opt:
                     raise KeyError(f'CycleHDRModel training needs the option block network_{name}')
@@ -183,6 +194,12 @@ class CycleHDRModel(BaseModel):
         self.net_d_iters = train_opt.get('net_d_iters', 1)
         self.net_d_init_iters = train_opt.get('net_d_init_iters', 0)
         self.deep_supervision = bool(train_opt.get('deep_supervision', False))
+        self._camera_warned = False
+        self.curve_from_camera = bool(
+            train_opt.get('curve_from_camera', True)
+            and self.losses['camera_opt'] is not None
+            and getattr(self.get_bare_model(self.net_g), 'crf', None) is not None
+        )
         self._setup_amp(train_opt.get('amp'))
         self.setup_optimizers()
         self.setup_schedulers()
@@ -213,11 +230,12 @@ class CycleHDRModel(BaseModel):
         net = getattr(self, f'net_{name}', None)
         return 0 if net is None else getattr(self.get_bare_model(net), 'guidance_dim', 0)
 
-    def _run(self, net, x: torch.Tensor, **kwargs):
-        """Call a generator, with CLIP guidance built from its input when the generator takes guidance."""
+    def _guidance(self, net, x: torch.Tensor):
+        """The generator's guidance callable ``guidance(prev) -> (N, 2 D)`` built from its input, or None when the
+        generator takes no guidance (or there is no encoder)."""
         enc = self.guidance_encoder
         if enc is None or not getattr(self.get_bare_model(net), 'guidance_dim', 0):
-            return net(x, **kwargs)
+            return None
         with torch.no_grad():
             e_in = enc.embed(x).detach()
 
@@ -226,6 +244,15 @@ class CycleHDRModel(BaseModel):
                 e_out = e_in if prev is None else enc.embed(prev).detach()
             return torch.cat([e_in, e_out], dim=1)
 
+        return guidance
+
+    def _run(self, net, x: torch.Tensor, **kwargs):
+        """Call a generator, with CLIP guidance built from its input when the generator takes guidance."""
+        if getattr(self, 'curve_from_camera', False) and net is self.net_g:
+            kwargs.setdefault('detach_curve', True)  # G_Y's camera curve learns from the camera cycle only
+        guidance = self._guidance(net, x)
+        if guidance is None:
+            return net(x, **kwargs)
         return net(x, guidance=guidance, **kwargs)
 
     def _setup_amp(self, amp):
@@ -273,10 +300,17 @@ class CycleHDRModel(BaseModel):
         """Move a batch to the device; HDR is mu-law-compressed into T-space (see the module docstring)."""
         self.ldr_paths = data.get('ldr_path', data.get('lq_path'))
         self.ldr_keys = data.get('ldr_key')  # digests of the exact LDR pixels (unpaired dataset)
-        self.real_ldr = self.real_hdr = self.gt = self.ldr_prior = None
+        # Whole-image LDR side (ldr_global/ldr_image_key/ldr_window) for the per-image CLIP/SAM caches (issue 5);
+        # None for batches without it: the losses then use the LDR crop. Stays on the CPU: the losses move misses only.
+        self.ldr_global_view = LDRGlobalView.from_batch(data)
+        self.real_ldr = self.real_hdr = self.gt = self.ldr_prior = self.cam_ldr = self.cam_target = None
         if 'ldr' in data:  # unpaired training batch
             self.real_ldr = data['ldr'].to(self.device)
             self.real_hdr = self.to_model_hdr(data['hdr'].to(self.device))
+            if 'cam_ldr' in data:  # virtual-camera photo of the HDR crop; target = the scene with its clip level at 1
+                self.cam_ldr = data['cam_ldr'].to(self.device)
+                exposure = data['cam_exposure'].to(self.device).float().view(-1, 1, 1, 1)
+                self.cam_target = self.to_model_hdr(data['hdr'].to(self.device) * exposure)
             if 'ldr_maps' in data:
                 valid = data.get('ldr_maps_valid', torch.ones(len(self.real_ldr)))
                 self.ldr_prior = (data['ldr_maps'].to(self.device), valid.to(self.device).float().view(-1, 1, 1, 1))
@@ -346,15 +380,25 @@ class CycleHDRModel(BaseModel):
                 if cri['identity_opt'] is not None:  # G_Y(T(y)) ~ T(y), G_X(x) ~ x (method.md §6.3)
                     loss_dict['l_g_identity_hdr'] = cri['identity_opt'](self._run(self.net_g, hdr), hdr)
                     loss_dict['l_g_identity_ldr'] = cri['identity_opt'](self._run(self.net_g_hdr2ldr, ldr), ldr)
+                if cri['camera_opt'] is not None:  # virtual-camera cycle (item 7 above)
+                    if self.cam_ldr is not None:
+                        fake_cam = _unwrap(self._run(self.net_g, self.cam_ldr, detach_curve=False))
+                        loss_dict['l_g_camera'] = cri['camera_opt'](fake_cam, self.cam_target)
+                    elif not self._camera_warned:
+                        self._camera_warned = True
+                        get_root_logger().warning(
+                            'train.camera_opt is set but the batches carry no cam_ldr: set virtual_camera: true in '
+                            'the UnpairedLDRHDRDataset options; training goes on without the virtual-camera cycle.'
+                        )
                 if cri['llm_opt'] is not None:
                     prior = None if self.ldr_prior is None else self.ldr_prior[0] * self.ldr_prior[1]
                     loss_dict['l_g_llm_hdr'] = cri['llm_opt'](fake_hdr, self._base(ldr, 'g'), prior)
                     loss_dict['l_g_llm_ldr'] = cri['llm_opt'](fake_ldr, self._base(hdr, 'g_hdr2ldr'))
                 keys = self._crop_keys()
                 if cri['clip_opt'] is not None:  # E(h(x)) vs E(T(y_hat)); symmetric term on the HDR->LDR side
-                    loss_dict['l_g_clip'] = cri['clip_opt'](fake_hdr, ldr, keys)
+                    loss_dict['l_g_clip'] = cri['clip_opt'](fake_hdr, ldr, keys, global_view=self.ldr_global_view)
                 if cri['sam_opt'] is not None:
-                    loss_dict['l_g_sam'] = cri['sam_opt'](fake_hdr, ldr, keys)
+                    loss_dict['l_g_sam'] = cri['sam_opt'](fake_hdr, ldr, keys, global_view=self.ldr_global_view)
                 l_total = sum(loss_dict.values())
         if step_g:
             self._check_finite(loss_dict, current_iter)
@@ -412,26 +456,54 @@ class CycleHDRModel(BaseModel):
         return output_domain_base(x, net.out_domain, net.headroom).detach()
 
     def _crop_keys(self):
-        """Keys naming the exact LDR pixels of the batch, for the CLIP/SAM LDR-side caches (None: no caching)."""
+        """Keys naming the exact LDR crops of the batch, for the CLIP/SAM caches in their ``ldr_view: crop`` mode (None:
+        no caching); the per-image keys of the default mode travel in ``self.ldr_global_view``."""
         return None if self.ldr_keys is None else list(self.ldr_keys)
 
     # ------------------------------------------------------------------------------------------------ inference
     def test(self):
-        """Inference on the current batch: ``self.output`` (T-space HDR from LDR, or LDR from HDR)."""
+        """Inference on the current batch: ``self.output`` (T-space HDR from LDR, or LDR from HDR).
+
+        With ``val.tile`` set, the generator runs tile by tile (:meth:`_infer`) and ``self.output`` is a CPU tensor.
+        """
         net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
         with torch.no_grad():
             if self.real_ldr is not None:
                 net.eval()
-                self.output = _unwrap(self._run(net, self.real_ldr))
+                self.output = self._infer(net, self.real_ldr)
                 self.direction = 'ldr2hdr'
             else:
                 net = self.net_g_hdr2ldr
                 if net is None:
                     raise KeyError('HDR inputs need network_g_hdr2ldr (the tone-mapping generator) in the options')
                 net.eval()
-                self.output = _unwrap(self._run(net, self.real_hdr))
+                self.output = self._infer(net, self.real_hdr)
                 self.direction = 'hdr2ldr'
             net.train(self.is_train)
+
+    def _infer(self, net, x: torch.Tensor) -> torch.Tensor:
+        """One generator (in eval mode) on a whole test image, untiled or as ``val.tile`` asks (issue 6).
+
+        Tiled inference is the one of ``llmhdr-infer --tile``: :class:`~llmhdr_basicsr.utils.tiling.GlobalStatsTiler`
+        records the instance-norm statistics and the CLIP guidance vectors once on a downscaled copy of the image
+        (ExpandNet's global branch) and replays them in every tile, so tiles agree; one tile at a time is on the
+        device and the blended result is assembled on the CPU. An image that fits in one tile gives exactly the
+        untiled result; a larger one differs by what tiling.py's docstring and the README quantify.
+
+        Args:
+            net: G_Y (``network_g`` / its EMA) or G_X (``network_g_hdr2ldr``), possibly wrapped in (D)DP.
+            x: ``(N, 3, H, W)`` float32 generator input in [0, 1]: display-referred sRGB LDR (G_Y) or T-space
+                (mu-law) HDR (G_X).
+
+        Returns:
+            ``(N, 3, H, W)`` float32 output in [0, 1] (T-space HDR or display-referred LDR): on ``self.device``
+            untiled, on the CPU tiled.
+        """
+        if self.val_tile is None:
+            return _unwrap(self._run(net, x))
+        tile = self.val_tile
+        tiler = GlobalStatsTiler(self.get_bare_model(net), tile.size, tile.overlap, tile.global_size, self.device)
+        return tiler(x, guidance=self._guidance(net, x))
 
     def get_current_visuals(self):
         """CPU tensors: ``lq`` (input), ``result`` (linear HDR, or display LDR for hdr2ldr), ``gt`` if present."""
@@ -464,6 +536,14 @@ class CycleHDRModel(BaseModel):
         ext = '.' + val_opt.get('output_ext', 'exr').lstrip('.')
         preview, stops = val_opt.get('preview', 'reinhard'), val_opt.get('preview_stops', 0.0)
         tb_images = val_opt.get('tb_images', 4)
+        if self.val_tile is not None:
+            tile = self.val_tile
+            g = tile.size if tile.global_size is None else tile.global_size
+            glob = 'the full image' if g <= 0 else f'a copy of at most {g} x {g} px'
+            get_root_logger().info(
+                f'{dataset_name}: tiled inference (val.tile): tile {tile.size} px, overlap {tile.overlap} px, '
+                f'instance-norm statistics and guidance from {glob}'
+            )
         n_scored = 0
         pbar = tqdm(total=len(dataloader), unit='image') if val_opt.get('pbar', False) else None
         for idx, val_data in enumerate(dataloader):

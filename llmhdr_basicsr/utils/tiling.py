@@ -39,8 +39,9 @@ untiled run.
 
 What tiling cannot fix: the receptive field. Pixels within roughly the receptive-field radius of a tile border see
 zero padding instead of their neighbours; the blend hides this where the overlap is at least that wide. Other global
-operations than instance norm and guidance (global pooling, attention over the whole image, image-wide percentiles
-as in the classical iTMO baselines) are not captured: run such networks untiled.
+operations than instance norm, guidance and modules marked ``image_wide`` (such as the spatial mean behind the learned
+camera curve, :mod:`llmhdr_basicsr.archs.crf_basis`) -- attention over the whole image, image-wide percentiles as in
+the classical iTMO baselines -- are not captured: run such networks untiled.
 
 Measured (CPU, random-weight FeedbackUNet ``num_feat=16``, ``headroom=4``, its zero-initialised head and gates
 re-drawn from N(0, 0.1) so that the output depends on every layer; PSNR-mu of the tiled linear output against the
@@ -302,7 +303,8 @@ class GlobalContext(NamedTuple):
 
     Attributes:
         stats: module name -> list of :class:`NormStats`, one per call of that instance-norm module, in call order
-            (the FeedbackUNet's decoder norms are called ``num_iter`` times per forward).
+            (the FeedbackUNet's decoder norms are called ``num_iter`` times per forward); for an ``image_wide``
+            module (see :func:`instance_norm_modules`) the list holds its recorded outputs instead.
         guidance: the guidance vectors ``(N, D)`` in call order (empty unless the network got a guidance callable).
         size: ``(h, w)`` of the (downscaled) image the statistics were measured on.
     """
@@ -312,16 +314,20 @@ class GlobalContext(NamedTuple):
     size: tuple[int, int]
 
 
-def instance_norm_modules(net: nn.Module) -> dict[str, nn.InstanceNorm2d]:
-    """The ``nn.InstanceNorm2d`` modules of ``net`` that normalise with per-image statistics, by name.
+def instance_norm_modules(net: nn.Module) -> dict[str, nn.Module]:
+    """The modules of ``net`` whose output depends on the whole image, by name: every ``nn.InstanceNorm2d`` that
+    normalises with per-image statistics, and every module marked ``image_wide = True`` (e.g. the spatial mean that
+    drives the learned camera curve, :class:`~llmhdr_basicsr.archs.crf_basis.ImageMean`; its output is recorded and
+    replayed as a whole).
 
-    A module with ``track_running_stats=True`` in eval mode uses its running (dataset-wide) statistics, which are
-    already the same for every tile; it is left out.
+    An instance norm with ``track_running_stats=True`` in eval mode uses its running (dataset-wide) statistics, which
+    are already the same for every tile; it is left out.
     """
     return {
         name: m
         for name, m in net.named_modules()
-        if isinstance(m, nn.InstanceNorm2d) and (m.training or not m.track_running_stats)
+        if (isinstance(m, nn.InstanceNorm2d) and (m.training or not m.track_running_stats))
+        or getattr(m, 'image_wide', False)
     }
 
 
@@ -384,6 +390,15 @@ class _NormPatch:
     def _forward(self, name: str, m: nn.InstanceNorm2d, x: torch.Tensor) -> torch.Tensor:
         k = self.calls[name]
         self.calls[name] = k + 1
+        if not isinstance(m, nn.InstanceNorm2d):  # an image-wide module: its whole output is the statistic
+            if self.mode == 'record':
+                out = type(m).forward(m, x)
+                self.stats[name].append(out.detach())
+                return out
+            recorded = self.stats.get(name, [])
+            if k >= len(recorded):
+                raise RuntimeError(f'GlobalStatsTiler: {name!r} called more often on a tile than in the global pass')
+            return recorded[k].to(x.dtype)
         if self.mode == 'record':
             xf = x.float()
             s = NormStats(xf.mean(dim=(2, 3)), xf.var(dim=(2, 3), unbiased=False))

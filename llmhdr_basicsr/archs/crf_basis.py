@@ -1,0 +1,144 @@
+"""Learned camera curve of the residual base: a per-image convex mixture of fixed camera response curves.
+
+The residual generators start from a base, the input mapped to the output domain without learning
+(:func:`~llmhdr_basicsr.archs.feedback_unet_arch.output_domain_base`): inverse sRGB for LDR->HDR, sRGB for HDR->LDR.
+Real cameras do not use the sRGB curve, and inverting the camera curve is most of what single-image HDR
+reconstruction gains over plain linearisation (method.md §7: a supervised model's +1.6 dB came almost entirely from
+it; the inverse of the true curve would give +6.8 dB PU21-PSNR over inverse sRGB on the quality benchmark's
+held-out scenes, benchmarks/README.md). A U-Net learns a global per-image curve slowly; this module gives it one
+directly (an addition of this project, not in the paper; the idea of a curve basis follows SingleHDR's CRF
+linearisation, Liu et al. CVPR 2020).
+
+For input ``x`` and the generator's bottleneck feature ``e``::
+
+    w = relu(bias + W . mean_hw(e))                                  (N, K) >= 0, per image
+    base_lin = (c_0(x) + sum_k w_k c_k(x)) / (1 + sum_k w_k)          convex mixture, anchored at c_0 = sRGB
+
+``c_k`` are fixed camera curves (:data:`DEFAULT_BASIS`: gamma 1.8/2.2/2.6 and sigmoid curves of the virtual-camera
+family, :mod:`llmhdr_basicsr.utils.camera`), applied per channel: their inverses (decode, LDR -> linear) for
+``'hdr_mu'``, the curves themselves (encode, linear -> LDR) for ``'ldr'``. Every ``c_k`` is monotone with
+``c_k(0) = 0`` and ``c_k(1) = 1``, so the mixture is too: the base keeps the order of the input values and the
+LDR clipping level stays at diffuse white. ``W`` starts at zero and ``bias`` at :data:`INIT_WEIGHT` (1e-3; not 0,
+where the clamp would pass no gradient), so an untrained module returns the sRGB base up to a 1 % admixture of the
+basis (``K * 1e-3``) and training can move every weight.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from llmhdr_basicsr.utils.tonemap import srgb_decode, srgb_encode
+
+#: Fixed curves besides the sRGB anchor: ``('gamma', gamma)`` = ``y = x^(1/gamma)``; ``('sigmoid', g, beta)`` =
+#: ``y = (1 + beta) x^g / (x^g + beta)`` (GlowGAN's camera, method.md §11).
+DEFAULT_BASIS: tuple[tuple, ...] = (
+    ('gamma', 1.8),
+    ('gamma', 2.2),
+    ('gamma', 2.6),
+    ('sigmoid', 0.8, 0.5),
+    ('sigmoid', 0.9, 0.6),
+    ('sigmoid', 1.0, 0.7),
+    ('sigmoid', 0.9, 0.4),
+    ('sigmoid', 0.9, 0.8),
+)
+_EPS = 1e-6
+#: Initial mixture weight of every basis curve (relative to the sRGB anchor's 1).
+INIT_WEIGHT = 1e-3
+
+
+def _check_curve(curve: tuple) -> None:
+    ok = (curve[0] == 'gamma' and len(curve) == 2 and curve[1] > 0) or (
+        curve[0] == 'sigmoid' and len(curve) == 3 and curve[1] > 0 and curve[2] > 0
+    )
+    if not ok:
+        raise ValueError(f"crf basis entries must be ['gamma', g > 0] or ['sigmoid', g > 0, beta > 0], got {curve!r}")
+
+
+def crf_decode_torch(y: torch.Tensor, curve: tuple) -> torch.Tensor:
+    """Inverse camera curve: display-referred ``y`` in [0, 1] -> linear [0, 1] (any shape, float)."""
+    y = y.clamp(_EPS, 1.0)
+    if curve[0] == 'gamma':
+        return y.pow(curve[1])
+    g, b = curve[1], curve[2]
+    return (b * y / (1.0 + b - y)).clamp(min=_EPS).pow(1.0 / g)
+
+
+def crf_encode_torch(x: torch.Tensor, curve: tuple) -> torch.Tensor:
+    """Camera curve: linear ``x`` (clipped to [0, 1]) -> display-referred [0, 1] (any shape, float)."""
+    x = x.clamp(_EPS, 1.0)
+    if curve[0] == 'gamma':
+        return x.pow(1.0 / curve[1])
+    g, b = curve[1], curve[2]
+    t = x.pow(g)
+    return (1.0 + b) * t / (t + b)
+
+
+class ImageMean(nn.Module):
+    """Per-image spatial mean ``(N, C, H, W) -> (N, C)``.
+
+    A module rather than a ``.mean()`` call so that tiled inference
+    (:class:`~llmhdr_basicsr.utils.tiling.GlobalStatsTiler`) can record it once on the whole image and replay it for
+    every tile (``image_wide = True`` marks such modules), as it does for instance norm.
+    """
+
+    image_wide = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
+class CRFBasisBase(nn.Module):
+    """Per-image camera curve as a convex mixture of fixed curves (see the module docstring).
+
+    Args:
+        feat_ch: channels of the feature the mixture weights are predicted from (the generator's bottleneck).
+        direction: ``'decode'`` (display-referred LDR -> linear, for LDR->HDR) or ``'encode'`` (linear -> LDR).
+        basis: fixed curves besides the sRGB anchor (default :data:`DEFAULT_BASIS`).
+    """
+
+    def __init__(self, feat_ch: int, direction: str, basis: tuple | list | None = None) -> None:
+        super().__init__()
+        if direction not in ('decode', 'encode'):
+            raise ValueError(f"CRFBasisBase: direction must be 'decode' or 'encode', got {direction!r}")
+        self.direction = direction
+        self.basis = tuple(tuple(c) for c in (DEFAULT_BASIS if basis is None else basis))
+        if not self.basis:
+            raise ValueError('CRFBasisBase: the basis needs at least one curve')
+        for curve in self.basis:
+            _check_curve(curve)
+        self.bias = nn.Parameter(torch.empty(len(self.basis)))
+        self.proj = nn.Linear(feat_ch, len(self.basis))
+        self.pool = ImageMean()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The sRGB-anchored start: every basis weight ``INIT_WEIGHT``, no dependence on the feature."""
+        with torch.no_grad():
+            self.bias.fill_(INIT_WEIGHT)
+            nn.init.zeros_(self.proj.weight)
+            nn.init.zeros_(self.proj.bias)
+
+    def weights(self, feat: torch.Tensor) -> torch.Tensor:
+        """``(N, K)`` non-negative mixture weights of the basis curves (the sRGB anchor has weight 1)."""
+        return (self.bias + self.proj(self.pool(feat))).clamp(min=0.0)
+
+    def forward(self, x: torch.Tensor, feat: torch.Tensor, detach_weights: bool = False) -> torch.Tensor:
+        """Map ``x`` ``(N, 3, H, W)`` through the per-image curve of ``feat`` ``(N, C, h, w)``; ``detach_weights``:
+        no gradient reaches the mixture weights (nor, through them, ``feat``), the gradient w.r.t. ``x`` is kept.
+
+        Returns:
+            ``(N, 3, H, W)`` in [0, 1]: linear for ``'decode'``, display-referred for ``'encode'``.
+        """
+        fn = crf_decode_torch if self.direction == 'decode' else crf_encode_torch
+        anchor = srgb_decode(x) if self.direction == 'decode' else srgb_encode(x)
+        w = self.weights(feat).to(x.dtype)
+        if detach_weights:
+            w = w.detach()
+        mixed = anchor
+        for k, curve in enumerate(self.basis):
+            mixed = mixed + w[:, k, None, None, None] * fn(x, curve)
+        return mixed / (1.0 + w.sum(dim=1)).view(-1, 1, 1, 1)
+
+    def extra_repr(self) -> str:
+        return f'direction={self.direction!r}, basis={list(self.basis)}'
