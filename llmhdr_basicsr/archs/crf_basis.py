@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from llmhdr_basicsr.utils.camera import crf_decode_torch, crf_encode_torch
 from llmhdr_basicsr.utils.tonemap import srgb_decode, srgb_encode
 
 #: Fixed curves besides the sRGB anchor: ``('gamma', gamma)`` = ``y = x^(1/gamma)``; ``('sigmoid', g, beta)`` =
@@ -42,7 +43,6 @@ DEFAULT_BASIS: tuple[tuple, ...] = (
     ('sigmoid', 0.9, 0.4),
     ('sigmoid', 0.9, 0.8),
 )
-_EPS = 1e-6
 #: Initial mixture weight of every basis curve (relative to the sRGB anchor's 1).
 INIT_WEIGHT = 1e-3
 
@@ -53,25 +53,6 @@ def _check_curve(curve: tuple) -> None:
     )
     if not ok:
         raise ValueError(f"crf basis entries must be ['gamma', g > 0] or ['sigmoid', g > 0, beta > 0], got {curve!r}")
-
-
-def crf_decode_torch(y: torch.Tensor, curve: tuple) -> torch.Tensor:
-    """Inverse camera curve: display-referred ``y`` in [0, 1] -> linear [0, 1] (any shape, float)."""
-    y = y.clamp(_EPS, 1.0)
-    if curve[0] == 'gamma':
-        return y.pow(curve[1])
-    g, b = curve[1], curve[2]
-    return (b * y / (1.0 + b - y)).clamp(min=_EPS).pow(1.0 / g)
-
-
-def crf_encode_torch(x: torch.Tensor, curve: tuple) -> torch.Tensor:
-    """Camera curve: linear ``x`` (clipped to [0, 1]) -> display-referred [0, 1] (any shape, float)."""
-    x = x.clamp(_EPS, 1.0)
-    if curve[0] == 'gamma':
-        return x.pow(1.0 / curve[1])
-    g, b = curve[1], curve[2]
-    t = x.pow(g)
-    return (1.0 + b) * t / (t + b)
 
 
 class ImageMean(nn.Module):

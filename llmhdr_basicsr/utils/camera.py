@@ -41,6 +41,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
 
 CRF_FAMILIES = ('gamma', 'sigmoid')
 DEFAULT_CLIP_RANGE = (0.02, 0.16)  # method.md §7: 2-16 % clipped pixels
@@ -241,6 +242,31 @@ def crf_decode(y: np.ndarray, params: CameraParams) -> np.ndarray:
     return t ** (1.0 / params.sigmoid_exponent)
 
 
+#: Inputs of the torch curves are clamped to at least this (pow has an infinite slope at 0 for exponents < 1).
+_CURVE_EPS = 1e-6
+
+
+def crf_decode_torch(y: torch.Tensor, curve: tuple) -> torch.Tensor:
+    """Torch twin of :func:`crf_decode` for a curve tuple ``('gamma', g)`` or ``('sigmoid', g, beta)``:
+    display-referred ``y`` in [0, 1] -> linear [0, 1] (any shape, float)."""
+    y = y.clamp(_CURVE_EPS, 1.0)
+    if curve[0] == 'gamma':
+        return y.pow(curve[1])
+    g, b = curve[1], curve[2]
+    return (b * y / (1.0 + b - y)).clamp(min=_CURVE_EPS).pow(1.0 / g)
+
+
+def crf_encode_torch(x: torch.Tensor, curve: tuple) -> torch.Tensor:
+    """Torch twin of :func:`crf_encode` for a curve tuple (as :func:`crf_decode_torch`): linear ``x`` (clipped to
+    [0, 1]) -> display-referred [0, 1] (any shape, float)."""
+    x = x.clamp(_CURVE_EPS, 1.0)
+    if curve[0] == 'gamma':
+        return x.pow(1.0 / curve[1])
+    g, b = curve[1], curve[2]
+    t = x.pow(g)
+    return (1.0 + b) * t / (t + b)
+
+
 def resolve_camera(hdr: np.ndarray, params: CameraParams) -> CameraParams:
     """Fix the image-dependent exposure of ``params`` for ``hdr`` and record the clipped fraction obtained.
 
@@ -312,7 +338,9 @@ __all__ = [
     'CameraParams',
     'apply_camera',
     'crf_decode',
+    'crf_decode_torch',
     'crf_encode',
+    'crf_encode_torch',
     'exposure_for_clip_fraction',
     'random_camera',
     'resolve_camera',
