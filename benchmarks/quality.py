@@ -10,7 +10,9 @@ Protocol (printed with the results, so anyone can reproduce them):
    the same scene. ``--test-ldr DIR --test-gt DIR`` replace the generated test set by any paired folder.
 2. Train ``CycleHDRModel`` (all losses that need no external weights: adversarial, cycle, identity (weight 0 by
    default), perception, and the virtual-camera cycle on the HDR half; generators with the learned camera-curve base)
-   for ``--budget-min`` minutes of wall-clock time on this machine, at a width and crop that fit the budget.
+   for ``--budget-min`` minutes of wall-clock time on this machine (or ``--iters`` iterations), at a width and crop
+   that fit the budget. The learning rate is constant for the first half of the budget, then decays linearly to 0
+   (``--lr-decay-from``), so the end state does not depend on where the budget cuts training.
 3. Reconstruct every test LDR with G_Y (full image) and with every registered classical baseline, and score all of
    them with :func:`llmhdr_basicsr.metrics.hdr_metric.compute_hdr_metrics` (the code behind ``llmhdr-eval`` and the
    registered metrics; relative HDR aligned by the geometric-mean luminance gain, PU21/ColorVideoVDP at
@@ -20,6 +22,7 @@ Usage::
 
     python benchmarks/quality.py                          # default 20-minute budget, seed 0
     python benchmarks/quality.py --budget-min 2 --json q.json
+    python benchmarks/quality.py --snapshot-min 4         # + a convergence table (PU21-PSNR every 4 minutes)
 """
 
 from __future__ import annotations
@@ -111,13 +114,22 @@ def training_options(args, split: Path, work: Path) -> dict:
     return opt
 
 
-def train(opt: dict, budget_s: float, seed: int, log_every: int = 200):
-    """Train until the wall-clock budget is spent; returns the model and a summary."""
+def train(opt: dict, budget_s: float, seed: int, *, max_iters: int = 0, decay_from: float = 0.5,
+          snapshot_s: float = 0.0, log_every: int = 200):  # fmt: skip
+    """Train until the wall-clock budget (or ``max_iters`` iterations, when > 0) is spent.
+
+    The learning rate is constant until ``decay_from`` of the budget, then decays linearly to 0 at its end (CycleGAN's
+    schedule, ``LinearDecayLR``, over the elapsed fraction of the budget), so the generators settle instead of
+    stopping wherever the budget happens to cut them (``decay_from`` 1: constant). With ``snapshot_s`` > 0 the
+    generator (and its EMA) is copied every ``snapshot_s`` seconds of training, for the convergence table.
+    Returns the model and a summary dict (with ``snapshots``: list of {iter, seconds, params, params_ema}).
+    """
     from basicsr.data import build_dataset
     from basicsr.models import build_model
     from torch.utils.data import DataLoader
 
     import llmhdr_basicsr  # noqa: F401
+    from llmhdr_basicsr.models.lr_scheduler import linear_decay_factor
 
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -131,23 +143,36 @@ def train(opt: dict, budget_s: float, seed: int, log_every: int = 200):
         num_workers=0, generator=generator,
     )  # fmt: skip
     model = build_model(copy.deepcopy(opt))
+    init_lr = model._get_init_lr()
     start = time.perf_counter()
-    it, history = 0, []
-    while time.perf_counter() - start < budget_s:
+    it, history, snapshots = 0, [], []
+
+    def progress() -> float:
+        return it / max_iters if max_iters > 0 else (time.perf_counter() - start) / budget_s
+
+    while progress() < 1:
         for batch in loader:
+            factor = linear_decay_factor(progress(), decay_from)
+            model._set_lr([[lr * factor for lr in group] for group in init_lr])
             it += 1
             model.feed_data(batch)
             model.optimize_parameters(it)
+            elapsed = time.perf_counter() - start
             if it % log_every == 0:
                 logs = {k: round(v, 4) for k, v in model.get_current_log().items() if k.startswith('l_')}
-                elapsed = time.perf_counter() - start
-                history.append({'iter': it, 'seconds': round(elapsed, 1), **logs})
-                print(f'  iter {it:6d}  {elapsed / 60:5.1f} min  {it / elapsed:5.2f} it/s  ' + json.dumps(logs))
-            if time.perf_counter() - start >= budget_s:
+                history.append({'iter': it, 'seconds': round(elapsed, 1), 'lr_factor': round(factor, 4), **logs})
+                print(f'  iter {it:6d}  {elapsed / 60:5.1f} min  {it / elapsed:5.2f} it/s  lr x{factor:.3f}  '
+                      + json.dumps(logs))  # fmt: skip
+            if snapshot_s > 0 and elapsed >= snapshot_s * (len(snapshots) + 1):
+                ema = getattr(model, 'net_g_ema', None)
+                params_ema = copy.deepcopy(ema.state_dict()) if ema is not None else None
+                snapshots.append({'iter': it, 'seconds': round(elapsed, 1), 'params_ema': params_ema,
+                                  'params': copy.deepcopy(model.net_g.state_dict())})  # fmt: skip
+            if progress() >= 1:
                 break
     elapsed = time.perf_counter() - start
     return model, {'iterations': it, 'seconds': round(elapsed, 1), 'iters_per_s': round(it / elapsed, 3),
-                   'history': history}  # fmt: skip
+                   'history': history, 'snapshots': snapshots}  # fmt: skip
 
 
 def test_pairs(test_ldr: Path, test_gt: Path) -> list[tuple[Path, Path]]:
@@ -161,8 +186,9 @@ def test_pairs(test_ldr: Path, test_gt: Path) -> list[tuple[Path, Path]]:
 
 
 @torch.no_grad()
-def score(predict, pairs, metric_opts: dict) -> dict:
-    """Per-image metrics of ``predict(ldr (1,3,H,W)) -> linear HDR (1,3,H,W)`` on every pair."""
+def score(predict, pairs, metric_opts: dict, names: list[str] | None = None) -> dict:
+    """Per-image metrics (``names``, default all of METRICS) of ``predict(ldr (1,3,H,W) display-referred [0, 1])
+    -> linear HDR (1,3,H,W)`` on every pair."""
     from llmhdr_basicsr.metrics.hdr_metric import compute_hdr_metrics
     from llmhdr_basicsr.utils.hdr_io import read_hdr, read_ldr
 
@@ -170,7 +196,8 @@ def score(predict, pairs, metric_opts: dict) -> dict:
     for ldr_path, gt_path in pairs:
         ldr = torch.from_numpy(read_ldr(str(ldr_path))).permute(2, 0, 1)[None]
         pred = predict(ldr)[0].permute(1, 2, 0).float().numpy()
-        rows[ldr_path.stem] = compute_hdr_metrics(pred, read_hdr(str(gt_path)), names=list(METRICS), **metric_opts)
+        gt = read_hdr(str(gt_path))
+        rows[ldr_path.stem] = compute_hdr_metrics(pred, gt, names=list(names or METRICS), **metric_opts)
     return rows
 
 
@@ -181,8 +208,9 @@ def baseline_predictor(arch_type: str, kwargs: dict):
     return lambda ldr: net(ldr)
 
 
-def model_predictor(model):
-    net = getattr(model, 'net_g_ema', model.net_g)
+def model_predictor(model, net=None):
+    """G_Y of ``model`` (its EMA when there is one, or ``net``) as ``ldr -> linear HDR``."""
+    net = net if net is not None else getattr(model, 'net_g_ema', model.net_g)
 
     def predict(ldr):
         net.eval()
@@ -191,6 +219,26 @@ def model_predictor(model):
         return model.to_linear(out[-1] if isinstance(out, list) else out)
 
     return predict
+
+
+def convergence(model, snapshots: list[dict], pairs) -> list[dict]:
+    """Mean PU21-PSNR / PSNR-mu of each training snapshot of G_Y (and of its EMA), printed as a table."""
+    net = copy.deepcopy(model.net_g)
+    names = ['pu21_psnr', 'psnr_mu']
+    rows = []
+    print(f'\nconvergence on the test set:\n{"iter":>7} {"min":>6} {"G pu21":>9} {"G psnr_mu":>10} {"EMA pu21":>9}')
+    for snap in snapshots:
+        row = {'iter': snap['iter'], 'seconds': snap['seconds']}
+        for key, label in (('params', 'g'), ('params_ema', 'ema')):
+            if snap[key] is None:
+                continue
+            net.load_state_dict(snap[key])
+            per_image = score(model_predictor(model, net), pairs, {}, names)
+            row.update({f'{label}_{m}': float(np.mean([r[m] for r in per_image.values()])) for m in names})
+        rows.append(row)
+        print(f'{row["iter"]:7d} {row["seconds"] / 60:6.1f} {row["g_pu21_psnr"]:9.3f} {row["g_psnr_mu"]:10.3f} '
+              + (f'{row["ema_pu21_psnr"]:9.3f}' if 'ema_pu21_psnr' in row else f'{"-":>9}'))  # fmt: skip
+    return rows
 
 
 def summarise(rows: dict) -> dict:
@@ -212,6 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--test-ldr', help='paired test folder: LDR inputs (default: the held-out split)')
     p.add_argument('--test-gt', help='paired test folder: HDR ground truth matched by file stem')
     p.add_argument('--budget-min', type=float, default=20.0, help='training wall-clock budget in minutes')
+    p.add_argument(
+        '--iters',
+        type=int,
+        default=0,
+        help='train a fixed number of iterations instead of the wall-clock budget (bit-reproducible)',
+    )
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--num-feat', type=int, default=8)
@@ -228,10 +282,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--w-llm', type=float, default=0.1)
     p.add_argument('--w-camera', type=float, default=10.0, help='virtual-camera cycle weight (0 = off)')
     p.add_argument('--ema', type=float, default=0.0, help='EMA decay of G_Y, evaluated instead of G_Y (0 = off)')
+    p.add_argument(
+        '--lr-decay-from',
+        type=float,
+        default=0.5,
+        help='fraction of the budget after which the learning rate decays linearly to 0 at its end (1 = constant)',
+    )
+    p.add_argument(
+        '--snapshot-min',
+        type=float,
+        default=0.0,
+        help='also score G_Y every this many minutes of training (PU21-PSNR, after training)',
+    )
     p.add_argument('--no-cvvdp', action='store_true', help='skip ColorVideoVDP (the slowest metric)')
     p.add_argument('--baselines-only', action='store_true', help='no training: score the classical operators only')
     p.add_argument('--json', help='write all numbers to this JSON file')
     args = p.parse_args(argv)
+    if not 0.0 <= args.lr_decay_from <= 1.0:
+        p.error(f'--lr-decay-from must lie in [0, 1], got {args.lr_decay_from}')
     torch.set_num_threads(args.threads)
     global METRICS
     if args.no_cvvdp:
@@ -265,8 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f'training for {args.budget_min} min: num_feat {args.num_feat}, num_iter {args.num_iter}, crop {args.crop}, '
           f'batch {args.batch}, lr {args.lr}, hdr_norm {args.hdr_norm}, weights gan {args.w_gan} cycle {args.w_cycle} '
           f'identity {args.w_identity} llm {args.w_llm} camera {args.w_camera}, ema {args.ema}')  # fmt: skip
-    model, train_summary = train(opt, args.budget_min * 60, args.seed)
+    model, train_summary = train(opt, args.budget_min * 60, args.seed, max_iters=args.iters,
+                                 decay_from=args.lr_decay_from, snapshot_s=args.snapshot_min * 60)  # fmt: skip
     print(f'trained {train_summary["iterations"]} iterations in {train_summary["seconds"]} s')
+    snapshots = train_summary.pop('snapshots')
+    if snapshots:
+        train_summary['convergence'] = convergence(model, snapshots, pairs)
     model.save(epoch=0, current_iter=-1)  # models/net_g_latest.pth etc., usable with llmhdr-infer -opt <its options>
     (Path(opt['path']['experiments_root']) / 'options.yml').write_text(yaml.safe_dump(opt, sort_keys=False))
 

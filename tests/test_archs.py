@@ -326,7 +326,7 @@ def test_crf_basis_curves_known_values_and_monotone():
         crf.bias.copy_(torch.tensor([1e6, 0.0]))  # gamma 2.2 dominates: y = x ** 2.2
     torch.testing.assert_close(crf(x, feat), x.clamp(min=1e-6) ** 2.2, atol=1e-4, rtol=1e-4)
     with torch.no_grad():
-        crf.bias.copy_(torch.tensor([0.0, 1.0]))  # half sRGB, half sigmoid inverse t = (b y / (1 + b - y)) ** (1 / g)
+        crf.bias.copy_(torch.tensor([-1.0, 1.0]))  # half sRGB, half sigmoid inverse t = (b y / (1 + b - y)) ** (1 / g)
     y = x[0, 0, 0, 50].item()
     expected = 0.5 * srgb_decode(torch.tensor(y)).item() + 0.5 * (0.6 * y / (1.6 - y)) ** (1 / 0.9)
     assert abs(crf(x, feat)[0, 0, 0, 50].item() - expected) < 1e-5
@@ -339,6 +339,31 @@ def test_crf_basis_curves_known_values_and_monotone():
     with torch.no_grad():
         enc.bias.fill_(1e6)
     torch.testing.assert_close(enc(x, feat), x.clamp(min=1e-6) ** 0.5, atol=1e-4, rtol=1e-4)
+
+
+def test_crf_basis_weights_never_lose_their_gradient():
+    """A weight pushed below zero for every image must still be able to come back (a hard clamp killed the curve in
+    the quality benchmark), and one Adam step on ``W`` moves the weights about as much as one on the bias."""
+    from llmhdr_basicsr.archs.crf_basis import INIT_WEIGHT, CRFBasisBase
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 8, 8)
+    feat = torch.randn(2, 64, 2, 2)
+    crf = CRFBasisBase(64, 'decode')
+    assert torch.allclose(crf.weights(feat), torch.full((2, len(crf.basis)), INIT_WEIGHT))
+    with torch.no_grad():
+        crf.bias.fill_(-0.1)  # far below zero: every weight ~ 0
+    assert crf.weights(feat).max() < 1e-5
+    (crf(x, feat) - x).abs().mean().backward()  # any loss that wants the curve to change
+    assert (crf.bias.grad != 0).all() and (crf.proj.weight.grad != 0).any()
+
+    crf = CRFBasisBase(64, 'decode')
+    opt = torch.optim.Adam([crf.proj.weight], lr=1e-3)
+    z0 = crf.bias + crf.proj(crf.pool(feat)) / 64
+    crf(x, feat).mean().backward()
+    opt.step()
+    z1 = crf.bias + crf.proj(crf.pool(feat)) / 64
+    assert (z1 - z0).abs().max() < 2e-3  # 64 weights each moved by lr = 1e-3; the mean keeps z's step near lr
 
 
 def test_crf_basis_bad_options_are_named():

@@ -167,3 +167,32 @@ def test_quality_tiny_run_prints_table_and_writes_json(tmp_path):
     result = json.loads(out.read_text())
     assert set(result['summary']) >= {'CycleHDR (ours)', 'linearize (sRGB)', 'Kovaleski-Oliveira 2014'}
     assert result['train']['iterations'] >= 1 and result['seed'] == 0
+
+
+def test_quality_fixed_iterations_repeat_exactly_and_log_convergence(tmp_path, capsys):
+    """``--iters``: two runs with the same seed give the same numbers; ``--snapshot-min`` scores each snapshot."""
+    from conftest import make_unpaired_folders
+
+    quality = _load('quality')
+    make_unpaired_folders(tmp_path / 'data', n_ldr=3, n_hdr=8, size=(40, 48))
+    results = []
+    for run in range(2):
+        out = tmp_path / f'q{run}.json'
+        argv = ['--data', str(tmp_path / 'data'), '--work', str(tmp_path / 'work'), '--json', str(out)]
+        argv += '--iters 4 --num-feat 4 --crop 32 --threads 1 --no-cvvdp --snapshot-min 1e-6'.split()
+        assert quality.main(argv) in (0, 1)
+        results.append(json.loads(out.read_text()))
+    assert 'convergence on the test set' in capsys.readouterr().out
+    first, second = results
+    assert first['train']['iterations'] == second['train']['iterations'] == 4
+    assert first['per_image']['CycleHDR (ours)'] == second['per_image']['CycleHDR (ours)']
+    convergence = first['train']['convergence']
+    assert [row['iter'] for row in convergence] == [1, 2, 3, 4]
+    assert convergence[-1]['g_pu21_psnr'] == pytest.approx(first['summary']['CycleHDR (ours)']['pu21_psnr'])
+
+
+def test_quality_rejects_a_bad_decay_fraction(capsys):
+    quality = _load('quality')
+    with pytest.raises(SystemExit):
+        quality.main(['--lr-decay-from', '1.5'])
+    assert '--lr-decay-from' in capsys.readouterr().err

@@ -86,6 +86,24 @@ def test_nan_loss_stops_with_iteration_and_name_and_keeps_weights(model_and_batc
         assert torch.equal(v, state[k])
 
 
+def test_linear_decay_schedule_in_iterations_and_in_fractions():
+    """LinearDecayLR (iterations) and linear_decay_factor (fractions, the quality benchmark's wall-clock twin)."""
+    from llmhdr_basicsr.models.lr_scheduler import LinearDecayLR, linear_decay_factor
+
+    assert [linear_decay_factor(p, 0.5) for p in (0.0, 0.49, 0.5, 0.75, 1.0, 1.2)] == [1, 1, 1, 0.5, 0, 0]
+    assert linear_decay_factor(0.99, 1.0) == 1.0 and linear_decay_factor(1.0, 1.0) == 1.0  # 1 = no decay
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.2)
+    sched = LinearDecayLR(opt, total_iter=8, decay_start=4)
+    lrs = []
+    for _ in range(9):
+        lrs.append(opt.param_groups[0]['lr'])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.2, 0.2, 0.2, 0.2, 0.2, 0.15, 0.1, 0.05, 0.0])
+    with pytest.raises(ValueError, match='decay_start'):
+        LinearDecayLR(opt, total_iter=8, decay_start=8)
+
+
 def test_save_then_resume_restores_networks_optimizers_and_iteration(model_and_batch):
     from basicsr.models import build_model
     from basicsr.utils import make_exp_dirs
@@ -325,7 +343,7 @@ def test_virtual_camera_cycle_trains_g_y(tmp_path, tiny_unpaired):
     assert set(model.log_dict) == {'l_g_camera'}
     after = camera_error()
     assert after < 0.9 * before  # measured: 0.0120 -> 0.0097 (mean L1 in T-space on this batch)
-    start = torch.full_like(model.net_g.crf.bias, crf_basis.INIT_WEIGHT)
+    start = torch.full_like(model.net_g.crf.bias, crf_basis.soft_clamp_inverse(crf_basis.INIT_WEIGHT))
     assert (model.net_g.crf.bias.detach() - start).abs().max() > 1e-3  # the camera curve itself was learned
 
 

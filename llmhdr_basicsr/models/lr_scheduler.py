@@ -5,6 +5,15 @@ from __future__ import annotations
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 
+def linear_decay_factor(progress: float, decay_start: float = 0.5) -> float:
+    """Learning-rate multiplier at ``progress`` (fraction of the run done, in [0, 1]): 1 until ``decay_start``,
+    then linear to 0 at the end. ``LinearDecayLR`` counts the fraction in iterations; ``benchmarks/quality.py`` in
+    wall-clock time of its budget."""
+    if progress < decay_start or decay_start >= 1.0:
+        return 1.0
+    return max(0.0, 1.0 - (progress - decay_start) / (1.0 - decay_start))
+
+
 class LinearDecayLR(LambdaLR):
     """CycleGAN's schedule: constant learning rate, then linear decay to 0 (CycleGAN: 100 + 100 epochs).
 
@@ -24,9 +33,7 @@ class LinearDecayLR(LambdaLR):
         super().__init__(optimizer, self._factor, last_epoch=last_epoch)
 
     def _factor(self, it: int) -> float:
-        if it < self.decay_start:
-            return 1.0
-        return max(0.0, 1.0 - (it - self.decay_start) / (self.total_iter - self.decay_start))
+        return linear_decay_factor(it / self.total_iter, self.decay_start / self.total_iter)
 
 
 def build_scheduler(optimizer, opt: dict) -> LRScheduler:
