@@ -260,12 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--test-ldr', help='paired test folder: LDR inputs (default: the held-out split)')
     p.add_argument('--test-gt', help='paired test folder: HDR ground truth matched by file stem')
     p.add_argument('--budget-min', type=float, default=20.0, help='training wall-clock budget in minutes')
-    p.add_argument(
-        '--iters',
-        type=int,
-        default=0,
-        help='train a fixed number of iterations instead of the wall-clock budget (bit-reproducible)',
-    )
+    p.add_argument('--iters', type=int, default=0, help='fixed iteration count instead of the budget (repeats exactly)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--num-feat', type=int, default=8)
@@ -282,18 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--w-llm', type=float, default=0.1)
     p.add_argument('--w-camera', type=float, default=10.0, help='virtual-camera cycle weight (0 = off)')
     p.add_argument('--ema', type=float, default=0.0, help='EMA decay of G_Y, evaluated instead of G_Y (0 = off)')
-    p.add_argument(
-        '--lr-decay-from',
-        type=float,
-        default=0.5,
-        help='fraction of the budget after which the learning rate decays linearly to 0 at its end (1 = constant)',
-    )
-    p.add_argument(
-        '--snapshot-min',
-        type=float,
-        default=0.0,
-        help='also score G_Y every this many minutes of training (PU21-PSNR, after training)',
-    )
+    p.add_argument('--lr-decay-from', type=float, default=0.5, help='budget fraction where lr starts its decay to 0')
+    p.add_argument('--snapshot-min', type=float, default=0.0, help='also score G_Y every this many training minutes')
     p.add_argument('--no-cvvdp', action='store_true', help='skip ColorVideoVDP (the slowest metric)')
     p.add_argument('--baselines-only', action='store_true', help='no training: score the classical operators only')
     p.add_argument('--json', help='write all numbers to this JSON file')
