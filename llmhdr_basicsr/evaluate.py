@@ -4,6 +4,7 @@ Usage::
 
     llmhdr-eval --pred results/ --gt datasets/test_hdr --csv scores.csv --json scores.json
     llmhdr-eval --pred results/ --gt gt/ --pred-suffix _CycleHDR --metrics pu21_psnr,cvvdp --plot scores.png
+    llmhdr-eval --pred results/ --gt gt/ --ldr inputs/    # + PU21-PSNR and log2 ratio in the input's clipped pixels
 
 (also ``python -m llmhdr_basicsr.evaluate``). Files are matched by stem (``--pred-suffix`` / ``--gt-suffix`` are
 removed from the end of the stems first); only HDR files are read (``.hdr``, ``.exr``, ``.pfm``, float ``.tif``), so
@@ -20,6 +21,8 @@ The protocol is printed as a header and stored in the JSON file, so a result can
 - PU21-PSNR / PU21-SSIM / ColorVideoVDP: absolute scaling, the ground truth's ``--percentile`` (99.9th) luminance
   percentile set to ``--peak-nits`` (1000) cd/m², the same factor applied to the aligned prediction;
 - ColorVideoVDP display model ``--display`` (``standard_hdr_linear``), on ``--device``;
+- with ``--ldr`` (the LDR inputs, matched by stem): PU21-PSNR and the median log2 luminance ratio over the pixels
+  clipped in the input (a channel >= 250/255), where plain linearisation leaves the highlights at white;
 - perfect scores: PSNRs are capped at 100 dB, SSIM 1, JOD 10, LPIPS 0.
 
 Exit status: 0 when at least one pair was scored, 1 when no pair matched (unmatched files are listed) or none could
@@ -54,7 +57,14 @@ from llmhdr_basicsr.metrics.hdr_metric import (
     align_scale,
     compute_hdr_metrics,
 )
-from llmhdr_basicsr.utils.hdr_io import FLOAT_CAPABLE_EXTENSIONS, HDR_EXTENSIONS, list_images, read_hdr
+from llmhdr_basicsr.utils.hdr_io import (
+    FLOAT_CAPABLE_EXTENSIONS,
+    HDR_EXTENSIONS,
+    IMAGE_EXTENSIONS,
+    list_images,
+    read_hdr,
+    read_ldr,
+)
 
 EVAL_EXTENSIONS = HDR_EXTENSIONS + FLOAT_CAPABLE_EXTENSIONS
 LPIPS_NAME = 'lpips'
@@ -65,6 +75,8 @@ METRIC_INFO = {
     'pu21_psnr': ('PU21-PSNR', 'dB', 'higher'),
     'pu21_ssim': ('PU21-SSIM', '', 'higher'),
     'cvvdp': ('ColorVideoVDP', 'JOD', 'higher'),
+    'pu21_psnr_clip': ('PU21-PSNR in clipped pixels', 'dB', 'higher'),
+    'log2_ratio_clip': ('median log2(pred/gt) in clipped pixels', 'stops', 'zero'),
     LPIPS_NAME: ('LPIPS', '', 'lower'),
 }
 
@@ -125,6 +137,7 @@ class EvalSettings:
     device: str = 'cpu'
     lpips_net: str = 'alex'
     lpips_weights: str | None = None
+    ldr_dir: str | None = None
 
     def hdr_options(self) -> dict:
         """Options for :func:`compute_hdr_metrics`: only those that a selected metric accepts."""
@@ -148,18 +161,20 @@ class EvalResult:
         out = {}
         for m in metrics:
             values = np.array([r[m] for r in self.rows if m in r], dtype=np.float64)
+            values = values[~np.isnan(values)]  # clipped-region scores of images without clipped pixels
             if values.size:
                 out[m] = {'mean': float(values.mean()), 'std': float(values.std()), 'n': int(values.size)}
         return out
 
 
-def score_pair(pred: np.ndarray, gt: np.ndarray, settings: EvalSettings) -> dict[str, float]:
+def score_pair(pred: np.ndarray, gt: np.ndarray, settings: EvalSettings, lq: np.ndarray | None = None) -> dict:
     """All selected metrics of one pair, plus the alignment ``gain``.
 
     Args:
         pred: ``(H, W, 3)`` float32 linear HDR, relative scale.
         gt: ``(H, W, 3)`` float32 linear HDR, relative scale, same shape.
         settings: metric selection and protocol options.
+        lq: the LDR input ``(H, W, 3)`` display-referred in [0, 1], for the clipped-region metrics.
 
     Returns:
         ``{'gain': factor applied to the prediction, metric: score, ...}``.
@@ -169,7 +184,7 @@ def score_pair(pred: np.ndarray, gt: np.ndarray, settings: EvalSettings) -> dict
     hdr_names = [m for m in settings.metrics if m in HDR_METRICS]
     scores = {'gain': align_scale(pred.astype(np.float64), gt.astype(np.float64), settings.align)[1]}
     if hdr_names:
-        scores.update(compute_hdr_metrics(pred, gt, hdr_names, **settings.hdr_options()))
+        scores.update(compute_hdr_metrics(pred, gt, hdr_names, lq=lq, **settings.hdr_options()))
     if LPIPS_NAME in settings.metrics:
         from llmhdr_basicsr.metrics.lpips_metric import calculate_lpips
 
@@ -188,13 +203,22 @@ def evaluate(pairs: Sequence[tuple[str, str, str]], settings: EvalSettings, prog
     for name, pred_path, gt_path in bar:
         bar.set_description(name)
         try:
-            scores = score_pair(read_hdr(pred_path), read_hdr(gt_path), settings)
+            lq = read_ldr(_ldr_path(settings.ldr_dir, name)) if settings.ldr_dir else None
+            scores = score_pair(read_hdr(pred_path), read_hdr(gt_path), settings, lq)
         except (OSError, ValueError, RuntimeError) as err:
             result.failed.append((name, f'{type(err).__name__}: {err}'))
             tqdm.write(f'WARNING: {name} not scored: {err}', file=sys.stderr)
             continue
         result.rows.append({'image': name, 'pred': pred_path, 'gt': gt_path, **scores})
     return result
+
+
+def _ldr_path(ldr_dir: str, name: str) -> str:
+    """The LDR input of the pair ``name`` in ``ldr_dir`` (matched by stem, any image extension)."""
+    for path in list_images(ldr_dir, IMAGE_EXTENSIONS):
+        if osp.splitext(osp.basename(path))[0] == name:
+            return path
+    raise ValueError(f'--ldr {ldr_dir}: no LDR input with the stem {name!r} (needed for the clipped-region metrics)')
 
 
 # -------------------------------------------------------------------------------------------------- output
@@ -228,6 +252,11 @@ def protocol_lines(settings: EvalSettings) -> list[tuple[str, str]]:
                                   'same factor on the aligned prediction'))  # fmt: skip
     if {'pu21_psnr', 'pu21_ssim'} & set(settings.metrics):
         lines.append(('PU21', 'banding_glare; PSNR on RGB, SSIM on luminance, peak/range 256 (pu21_metric.m)'))
+    if {'pu21_psnr_clip', 'log2_ratio_clip'} & set(settings.metrics):
+        from llmhdr_basicsr.metrics.hdr_metric import CLIP_THRESHOLD
+
+        lines.append(('clipped', f'pixels of the LDR input (--ldr {settings.ldr_dir}) with a channel >= '
+                                 f'{CLIP_THRESHOLD:g}; same alignment and absolute scaling'))  # fmt: skip
     if 'cvvdp' in settings.metrics:
         lines.append(('cvvdp', f'{_version("cvvdp")}, display {settings.display}, device {settings.device}'))
     if LPIPS_NAME in settings.metrics:
@@ -304,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--gt', required=True, help='folder of ground-truth linear HDR files')
     p.add_argument('--pred-suffix', default='', help='removed from the end of prediction stems, e.g. _CycleHDR')
     p.add_argument('--gt-suffix', default='', help='removed from the end of ground-truth stems')
+    p.add_argument('--ldr', help='folder of the LDR inputs (matched by stem): adds the clipped-region metrics')
     p.add_argument('--metrics', default=None,
                    help=f'comma-separated subset of {",".join(METRIC_INFO)} (default: all HDR metrics, plus lpips '
                         'when a backbone is given)')  # fmt: skip
@@ -333,7 +363,13 @@ def _settings(args: argparse.Namespace) -> EvalSettings:
             raise UsageError(f'--metrics: unknown {unknown}; choose from {list(METRIC_INFO)}')
         metrics = list(dict.fromkeys(metrics))
     else:
-        metrics = list(HDR_METRICS) + ([LPIPS_NAME] if lpips_given else [])
+        metrics = [m for m, spec in HDR_METRICS.items() if args.ldr or not spec.needs_lq]
+        metrics += [LPIPS_NAME] if lpips_given else []
+    needs_ldr = [m for m in metrics if m in HDR_METRICS and HDR_METRICS[m].needs_lq]
+    if needs_ldr and not args.ldr:
+        raise UsageError(f'--metrics {",".join(needs_ldr)} need the LDR inputs: add --ldr FOLDER')
+    if args.ldr and not osp.isdir(args.ldr):
+        raise UsageError(f'--ldr {args.ldr!r} is not a folder')
     if args.peak_nits <= 0 or not 0 < args.percentile <= 100 or args.crop_border < 0:
         raise UsageError('need --peak-nits > 0, --percentile in (0, 100] and --crop-border >= 0')
     try:
@@ -341,7 +377,7 @@ def _settings(args: argparse.Namespace) -> EvalSettings:
     except ValueError as err:
         raise UsageError(str(err)) from err
     settings = EvalSettings(metrics, args.align, args.peak_nits, args.percentile, args.crop_border, args.display,
-                            device, args.lpips_net, args.lpips_weights)  # fmt: skip
+                            device, args.lpips_net, args.lpips_weights, args.ldr)  # fmt: skip
     if LPIPS_NAME in metrics:  # fail before the loop, with the message that says which file to provide
         try:
             from llmhdr_basicsr.metrics.lpips_metric import get_lpips

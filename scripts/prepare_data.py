@@ -68,6 +68,7 @@ from llmhdr_basicsr.utils.hdr_io import (
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PARTS = ('train_ldr', 'train_hdr', 'test_ldr', 'test_gt')
+VAL_PARTS = ('val_ldr', 'val_gt')
 LINK_MODES = ('copy', 'symlink', 'hardlink')
 
 
@@ -321,20 +322,65 @@ def _prepare_out(out: str, overwrite: bool, parts: Sequence[str]) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def assign_scenes(pool: Sequence[str], test_fraction: float, ldr_fraction: float, seed: int) -> dict[str, list[str]]:
-    """Shuffle the pairable scenes (seeded) and cut them into test / LDR half / HDR half.
+def _interleave_strata(pool: Sequence[str], seed: int, stratum) -> list[str]:
+    """The scenes in a seeded random order in which every prefix holds each stratum in proportion to its size."""
+    groups: dict[str, list[str]] = {}
+    for key in sorted(pool):
+        groups.setdefault(stratum(key), []).append(key)
+    rng = np.random.default_rng(seed)
+    ranked = []
+    for name in sorted(groups):
+        members = [groups[name][i] for i in rng.permutation(len(groups[name]))]
+        ranked += [((i + 0.5) / len(members), name, key) for i, key in enumerate(members)]
+    return [key for _, _, key in sorted(ranked)]
 
-    ``n_test = round(test_fraction * n)`` (at least 1 when ``test_fraction > 0``), the rest split
-    ``round(ldr_fraction * rest)`` / remainder. Returns sorted lists under ``'test'``, ``'ldr'``, ``'hdr'``.
+
+def scene_prefix(key: str) -> str:
+    """Stratum of a scene key: its group namespace (``group:``) or the part of its name before the first ``_``."""
+    return key.split(':', 1)[0] if ':' in key else key.split('_', 1)[0]
+
+
+def assign_scenes(
+    pool: Sequence[str],
+    test_fraction: float,
+    ldr_fraction: float,
+    seed: int,
+    val_fraction: float = 0.0,
+    stratify: bool = False,
+) -> dict[str, list[str]]:
+    """Shuffle the pairable scenes (seeded) and cut them into test / validation / LDR half / HDR half.
+
+    ``n_test = round(test_fraction * n)`` (at least 1 when ``test_fraction > 0``), ``n_val = round(val_fraction * n)``
+    (at least 1 when ``val_fraction > 0``), the rest split ``round(ldr_fraction * rest)`` / remainder. With
+    ``stratify`` the order interleaves the scene sources (:func:`scene_prefix`), so test and validation draw from
+    every source in proportion. Returns sorted lists under ``'test'``, ``'val'``, ``'ldr'``, ``'hdr'``: no scene is in
+    two of them.
     """
-    if not 0 <= test_fraction <= 1 or not 0 <= ldr_fraction <= 1:
-        raise ValueError(f'--test-fraction and --ldr-fraction must be in [0, 1], got {test_fraction}, {ldr_fraction}')
-    pool = sorted(pool)
-    order = [pool[i] for i in np.random.default_rng(seed).permutation(len(pool))]
-    n_test = min(len(order), max(int(test_fraction > 0 and len(order) > 0), round(test_fraction * len(order))))
-    rest = order[n_test:]
+    for name, value in (('--test-fraction', test_fraction), ('--val-fraction', val_fraction),
+                        ('--ldr-fraction', ldr_fraction)):  # fmt: skip
+        if not 0 <= value <= 1:
+            raise ValueError(f'{name} must be in [0, 1], got {value}')
+    if test_fraction + val_fraction > 1:
+        raise ValueError(f'--test-fraction + --val-fraction must not exceed 1, got {test_fraction} + {val_fraction}')
+    if stratify:
+        order = _interleave_strata(pool, seed, scene_prefix)
+    else:
+        pool = sorted(pool)
+        order = [pool[i] for i in np.random.default_rng(seed).permutation(len(pool))]
+
+    def count(fraction: float, available: int) -> int:
+        return min(available, max(int(fraction > 0 and available > 0), round(fraction * len(order))))
+
+    n_test = count(test_fraction, len(order))
+    n_val = count(val_fraction, len(order) - n_test)
+    rest = order[n_test + n_val :]
     n_ldr = round(ldr_fraction * len(rest))
-    return {'test': sorted(order[:n_test]), 'ldr': sorted(rest[:n_ldr]), 'hdr': sorted(rest[n_ldr:])}
+    return {
+        'test': sorted(order[:n_test]),
+        'val': sorted(order[n_test : n_test + n_val]),
+        'ldr': sorted(rest[:n_ldr]),
+        'hdr': sorted(rest[n_ldr:]),
+    }
 
 
 def run_split(
@@ -345,6 +391,8 @@ def run_split(
     test_fraction: float = 0.1,
     ldr_fraction: float = 0.5,
     seed: int = 0,
+    val_fraction: float = 0.0,
+    stratify: bool = False,
     mode: str = 'copy',
     synth_missing_ldr: bool = False,
     cam_kwargs: dict | None = None,
@@ -360,19 +408,21 @@ def run_split(
     ldr_only = sorted(set(ldr_by) - set(hdr_by))
     hdr_only = sorted(set(hdr_by) - set(ldr_by))
     pool = paired + (hdr_only if synth_missing_ldr else [])
-    parts = assign_scenes(pool, test_fraction, ldr_fraction, seed)
+    parts = assign_scenes(pool, test_fraction, ldr_fraction, seed, val_fraction, stratify)
     scenes = {
         'train_ldr': sorted(parts['ldr'] + ldr_only),
         'train_hdr': sorted(parts['hdr'] + ([] if synth_missing_ldr else hdr_only)),
+        'val': parts['val'],
         'test': parts['test'],
     }
-    _prepare_out(out, overwrite, PARTS)
+    all_parts = PARTS + (VAL_PARTS if parts['val'] else ())
+    _prepare_out(out, overwrite, all_parts)
     cam_kwargs = cam_kwargs or {}
-    files: dict[str, list[dict]] = {p: [] for p in PARTS}
+    files: dict[str, list[dict]] = {p: [] for p in all_parts}
     cameras: list[dict] = []
-    test_pairs: list[str] = []
+    pairs: dict[str, list[str]] = {'test': [], 'val': []}
 
-    used: dict[str, set[str]] = {p: set() for p in PARTS}
+    used: dict[str, set[str]] = {p: set() for p in all_parts}
 
     def claim(folder: str, name: str, src: str) -> None:
         if name in used[folder]:
@@ -408,32 +458,37 @@ def run_split(
     for s in scenes['train_hdr']:
         for it in hdr_by[s]:
             put(it, 'train_hdr')
-    for s in scenes['test']:
-        if len(hdr_by[s]) != 1:
-            raise ValueError(
-                f'Test scene {s!r} has {len(hdr_by[s])} HDR files ({", ".join(i.path for i in hdr_by[s])}); a paired '
-                f'test set needs exactly one ground truth per scene: fix --scene-regex'
-            )
-        gt = hdr_by[s][0]
-        gt_ext = osp.splitext(gt.name)[1]
-        sources = ldr_by.get(s)
-        if sources:
-            ldr_names = [put(it, 'test_ldr') for it in sources]
-        else:
-            ldr_names = [synth(gt, 'test_ldr', osp.splitext(gt.name)[0])]
-        for ldr_name in ldr_names:
-            gt_name = osp.splitext(ldr_name)[0] + gt_ext
-            put(gt, 'test_gt', gt_name)
-            test_pairs.append(f'{ldr_name} {gt_name}')
+    for held_out in ('test', 'val'):  # paired held-out parts: LDR input(s) + the scene's one ground truth
+        for s in scenes[held_out]:
+            if len(hdr_by[s]) != 1:
+                raise ValueError(
+                    f'{held_out} scene {s!r} has {len(hdr_by[s])} HDR files ({", ".join(i.path for i in hdr_by[s])}); '
+                    f'a paired {held_out} set needs exactly one ground truth per scene: fix --scene-regex'
+                )
+            gt = hdr_by[s][0]
+            gt_ext = osp.splitext(gt.name)[1]
+            sources = ldr_by.get(s)
+            if sources:
+                ldr_names = [put(it, f'{held_out}_ldr') for it in sources]
+            else:
+                ldr_names = [synth(gt, f'{held_out}_ldr', osp.splitext(gt.name)[0])]
+            for ldr_name in ldr_names:
+                gt_name = osp.splitext(ldr_name)[0] + gt_ext
+                put(gt, f'{held_out}_gt', gt_name)
+                pairs[held_out].append(f'{ldr_name} {gt_name}')
 
     write_lines(osp.join(out, 'meta_info_train_ldr.txt'), sorted(f['dst'] for f in files['train_ldr']))
     write_lines(osp.join(out, 'meta_info_train_hdr.txt'), sorted(f['dst'] for f in files['train_hdr']))
-    write_lines(osp.join(out, 'meta_info_test.txt'), sorted(test_pairs))
+    write_lines(osp.join(out, 'meta_info_test.txt'), sorted(pairs['test']))
+    if scenes['val']:
+        write_lines(osp.join(out, 'meta_info_val.txt'), sorted(pairs['val']))
     if cameras:
         write_camera_record(cameras, osp.join(out, 'cameras.json'))
     record = {
         'seed': seed,
         'test_fraction': test_fraction,
+        'val_fraction': val_fraction,
+        'stratify': stratify,
         'ldr_fraction': ldr_fraction,
         'mode': mode,
         'synth_missing_ldr': synth_missing_ldr,
@@ -441,7 +496,7 @@ def run_split(
         'options': options or {},
         'scenes': {**scenes, 'paired': paired, 'ldr_only': ldr_only, 'hdr_only': hdr_only},
         'files': files,
-        'counts': {p: len(files[p]) for p in PARTS},
+        'counts': {p: len(files[p]) for p in all_parts},
     }
     with open(osp.join(out, 'split.json'), 'w', encoding='utf-8') as f:
         json.dump(record, f, indent=1)
@@ -502,7 +557,7 @@ def print_split_summary(record: dict, out: str) -> None:
         f'scenes: {len(sc["paired"])} paired, {len(sc["ldr_only"])} LDR-only, {len(sc["hdr_only"])} HDR-only '
         f'(seed {record["seed"]})'
     )
-    for part in PARTS:
+    for part in record['files']:
         entries = record['files'][part]
         n_syn = sum(e['synthesised'] for e in entries)
         extra = f' ({n_syn} synthesised with random cameras)' if n_syn else ''
@@ -678,10 +733,32 @@ def cmd_synth(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def render_out_of_family(gt_dir: Path, out_dir: Path, seed: int) -> list[dict]:
+    """One LDR per ground-truth HDR in ``gt_dir``, rendered by a camera outside the training family
+    (:mod:`llmhdr_basicsr.utils.renderings`: filmic / ACES / Drago / Reinhard curves, contrast and saturation boosts,
+    sensor noise, JPEG), named after the GT file; the parameters of each in ``<out_dir>.json``."""
+    from llmhdr_basicsr.utils.renderings import apply_rendering, random_rendering, resolve_rendering
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for gt in sorted(p for p in gt_dir.iterdir() if p.suffix.lower() in HDR_EXTENSIONS):
+        hdr = read_hdr(str(gt))
+        name = f'{gt.stem}.png'
+        params = resolve_rendering(hdr, random_rendering(image_rng(seed, 'ood/' + name)))
+        write_ldr(str(out_dir / name), apply_rendering(hdr, params))
+        rows.append({'file': name, 'source': str(gt), **params.to_dict()})
+    with open(str(out_dir) + '.json', 'w', encoding='utf-8') as f:
+        json.dump({r['file']: r for r in rows}, f, indent=1, sort_keys=True)
+    return rows
+
+
 def cmd_example(args: argparse.Namespace) -> int:
-    """Split the curated sample data (DATA/ldr photos, DATA/hdr scenes) into OUT/train_ldr (the LDR photos + LDRs
-    synthesised from HDR scenes that are NOT in train_hdr), OUT/train_hdr and a paired held-out OUT/test_ldr +
-    OUT/test_gt (synthesised LDR + GT HDR); optionally crop the training folders. Prints what went where."""
+    """Split the curated sample data (DATA/ldr photos, DATA/hdr scenes) by scene into OUT/train_ldr (the LDR photos +
+    LDRs synthesised from HDR scenes that are NOT in train_hdr), OUT/train_hdr, a paired validation set OUT/val_ldr +
+    OUT/val_gt and a paired held-out test set OUT/test_ldr + OUT/test_gt (no scene in two of them; test and validation
+    drawn from every source in proportion). The *_ldr inputs of val/test are synthesised with the training camera
+    family; OUT/val_ood_ldr and OUT/test_ood_ldr hold the same scenes rendered by cameras outside that family
+    (llmhdr_basicsr.utils.renderings). Optionally crops the training folders. Prints what went where."""
     data = Path(args.data)
     data = (data if data.is_absolute() else REPO_ROOT / data).resolve()
     out = (Path(args.out) if osp.isabs(args.out) else REPO_ROOT / args.out).resolve()
@@ -690,8 +767,8 @@ def cmd_example(args: argparse.Namespace) -> int:
         if not d.is_dir():
             raise FileNotFoundError(f'--data {data}: expected sub-folders ldr/ and hdr/, missing {d}')
     print(f'data: {data}\nout:  {out}')
-    if args.crop_size:
-        _prepare_out(str(out), args.overwrite, ('train_ldr_sub', 'train_hdr_sub'))
+    extra_parts = ['test_ood_ldr'] + (['val_ood_ldr'] if args.val_fraction > 0 else [])
+    _prepare_out(str(out), args.overwrite, extra_parts + (['train_ldr_sub', 'train_hdr_sub'] if args.crop_size else []))
     ldr = collect([('', str(ldr_dir))], '', 'ldr', None)
     hdr = collect([('', str(hdr_dir))], '', 'hdr', None)
     record = run_split(
@@ -699,6 +776,8 @@ def cmd_example(args: argparse.Namespace) -> int:
         hdr,
         str(out),
         test_fraction=args.test_fraction,
+        val_fraction=args.val_fraction,
+        stratify=True,
         ldr_fraction=args.ldr_fraction,
         seed=args.seed,
         mode=args.mode,
@@ -708,6 +787,11 @@ def cmd_example(args: argparse.Namespace) -> int:
         options={k: str(v) for k, v in vars(args).items() if k != 'func'},
     )
     print_split_summary(record, str(out))
+    for held_out in ('test', 'val'):
+        if record['scenes'][held_out]:
+            rows = render_out_of_family(out / f'{held_out}_gt', out / f'{held_out}_ood_ldr', args.seed)
+            curves = ', '.join(sorted({r['curve'] for r in rows}))
+            print(f'  {out / held_out}_ood_ldr: {len(rows)} LDRs rendered outside the camera family ({curves})')
     if args.crop_size:
         for part in ('train_ldr', 'train_hdr'):
             rows = run_crop(
@@ -715,8 +799,8 @@ def cmd_example(args: argparse.Namespace) -> int:
             )
             print(f'  {out / part}_sub: {len(rows)} tiles of <= {args.crop_size} px')
     print(
-        'train_ldr (LDR photos + LDRs synthesised from scenes outside train_hdr) and train_hdr are disjoint; '
-        'test_ldr/test_gt is a paired held-out set (synthesised LDR + GT HDR).'
+        'train_ldr (LDR photos + LDRs synthesised from scenes outside train_hdr), train_hdr, val and test show '
+        'disjoint scenes; val_*/test_* are paired (LDR + GT HDR), *_ood_ldr rendered outside the camera family.'
     )
     return 0
 
@@ -845,6 +929,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--data', default='../shared/data', help='folder with ldr/ and hdr/ (relative to the repo root)')
     p.add_argument('--out', default='datasets/shared_unpaired', help='output folder (relative to the repo root)')
     p.add_argument('--test-fraction', type=float, default=0.25, help='fraction of HDR scenes held out (0.25)')
+    p.add_argument('--val-fraction', type=float, default=0.2, help='fraction of HDR scenes for validation (0.2)')
     p.add_argument('--ldr-fraction', type=float, default=0.5, help='fraction of the other scenes synthesised (0.5)')
     p.add_argument('--crop-size', type=int, default=0, help='also cut train_* into <part>_sub tiles (0 = no)')
     p.add_argument('--mode', choices=LINK_MODES, default='copy')

@@ -40,11 +40,14 @@ def _score(name, pred, gt, **kw):
 
 # ----------------------------------------------------------------------------------------------- registration
 def test_metrics_are_registered_and_callable_through_basicsr():
-    names = ['calculate_psnr_mu', 'calculate_log_psnr', 'calculate_pu21_psnr', 'calculate_pu21_ssim', 'calculate_cvvdp']
+    names = ['calculate_psnr_mu', 'calculate_log_psnr', 'calculate_pu21_psnr', 'calculate_pu21_ssim', 'calculate_cvvdp',
+             'calculate_pu21_psnr_clipped', 'calculate_clipped_log_ratio']  # fmt: skip
     for name in names:
         assert name in METRIC_REGISTRY, name
     assert {spec.func.__name__ for spec in hm.HDR_METRICS.values()} == set(names)
-    assert all(spec.better == 'higher' for spec in hm.HDR_METRICS.values())
+    assert {n: spec.better for n, spec in hm.HDR_METRICS.items() if spec.better != 'higher'} == {
+        'log2_ratio_clip': 'zero'
+    }
     gt = _scene()
     pred = _noisy(gt, 0.1)
     # BasicSR's calculate_metric pops `type` and passes the rest, including the `better` bookkeeping key
@@ -234,3 +237,65 @@ def test_cvvdp_cuda_matches_cpu():
     pred = _noisy(gt, 0.1, seed=21)
     cpu = hm.calculate_cvvdp(pred, gt, device='cpu')
     assert hm.calculate_cvvdp(pred, gt, device='cuda') == pytest.approx(cpu, abs=1e-3)
+
+
+# ------------------------------------------------------------------------------------------- clipped regions
+def _clipped_case():
+    """A 32 x 32 scene whose top-left 8 x 8 block is 8x white (clipped in its LDR), the rest a gradient below white;
+    the LDR is its sRGB photograph with white at 1 (display values), and a linearised reconstruction of it."""
+    lum = np.tile(np.linspace(0.05, 0.9, 32, dtype=np.float32), (32, 1))
+    gt = np.repeat(lum[..., None], 3, axis=2)
+    gt[:8, :8] = 8.0
+    ldr = np.clip(gt, 0, 1) ** (1 / 2.2)  # display-referred, the block at 1.0
+    linearised = np.clip(gt, 0, 1).copy()
+    return gt, ldr, linearised
+
+
+def test_clipped_mask_marks_saturated_channels_only():
+    ldr = np.full((4, 5, 3), 0.5, np.float32)
+    ldr[0, 0] = (1.0, 0.2, 0.2)  # one channel at white is clipped
+    ldr[1, 1] = 0.979  # just below the threshold
+    mask = hm.clipped_mask(ldr)
+    assert mask.shape == (1, 4, 5) and mask.sum() == 1 and mask[0, 0, 0]
+    codes = np.round(ldr * 255).astype(np.uint8)  # 8-bit code values are scaled to [0, 1] first
+    assert np.array_equal(hm.clipped_mask(codes), hm.clipped_mask(codes / 255.0))
+    assert hm.clipped_mask(torch.from_numpy(ldr).permute(2, 0, 1)).sum() == 1
+
+
+def test_clipped_metrics_on_hand_made_arrays():
+    gt, ldr, linearised = _clipped_case()
+    # linearisation leaves the block at white: 3 stops too dark there; with the default alignment the 64 clipped
+    # pixels pull the geometric-mean gain up a little, so the ratio is a bit above -3
+    assert hm.calculate_clipped_log_ratio(linearised, gt, lq=ldr, align='none') == pytest.approx(-3.0)
+    assert -3.0 < hm.calculate_clipped_log_ratio(linearised, gt, lq=ldr) < -2.5
+    assert hm.calculate_clipped_log_ratio(gt, gt, lq=ldr) == pytest.approx(0.0, abs=1e-9)
+    over = linearised.copy()
+    over[:8, :8] = 16.0
+    assert hm.calculate_clipped_log_ratio(over, gt, lq=ldr, align='none') == pytest.approx(1.0)
+    # PU21-PSNR there: ideal for the truth, higher for a partial expansion than for linearisation, and it only looks
+    # at the clipped pixels (an error elsewhere does not change it)
+    assert hm.calculate_pu21_psnr_clipped(gt, gt, lq=ldr) == hm.MAX_PSNR
+    partial = linearised.copy()
+    partial[:8, :8] = 4.0
+    lin_score = hm.calculate_pu21_psnr_clipped(linearised, gt, lq=ldr, align='none')
+    assert hm.calculate_pu21_psnr_clipped(partial, gt, lq=ldr, align='none') > lin_score + 3
+    elsewhere = linearised.copy()
+    elsewhere[20:, 20:] *= 0.5
+    assert hm.calculate_pu21_psnr_clipped(elsewhere, gt, lq=ldr, align='none') == pytest.approx(lin_score)
+    assert hm.calculate_pu21_psnr(elsewhere, gt, align='none') < hm.calculate_pu21_psnr(linearised, gt, align='none')
+
+
+def test_clipped_metrics_without_clipped_pixels_or_input():
+    gt, ldr, linearised = _clipped_case()
+    dark = ldr * 0.5  # nothing clipped: NaN (left out of means), not a number that looks like a score
+    assert math.isnan(hm.calculate_pu21_psnr_clipped(linearised, gt, lq=dark))
+    assert math.isnan(hm.calculate_clipped_log_ratio(linearised, gt, lq=dark))
+    with pytest.raises(ValueError, match='lq'):
+        hm.calculate_pu21_psnr_clipped(linearised, gt)
+    with pytest.raises(ValueError, match='LDR input'):
+        hm.compute_hdr_metrics(linearised, gt, names=['pu21_psnr_clip'])
+    with pytest.raises(ValueError, match='does not match'):
+        hm.calculate_clipped_log_ratio(linearised, gt, lq=ldr[:16])
+    scores = hm.compute_hdr_metrics(linearised, gt, lq=ldr, names=['pu21_psnr', 'pu21_psnr_clip', 'log2_ratio_clip'])
+    assert set(scores) == {'pu21_psnr', 'pu21_psnr_clip', 'log2_ratio_clip'}
+    assert hm.HDR_METRICS['pu21_psnr_clip'].needs_lq and hm.HDR_METRICS['log2_ratio_clip'].needs_lq

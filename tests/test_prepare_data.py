@@ -221,9 +221,10 @@ def test_example_on_tiny_data(prep, tmp_path, capsys):
     synth_stems = {osp.splitext(n)[0] for n in train_ldr} - {f'photo{i}' for i in range(3)}
     hdr_stems = {osp.splitext(n)[0] for n in train_hdr}
     test_stems = {osp.splitext(n)[0] for n in os.listdir(out / 'test_gt')}
-    assert synth_stems and hdr_stems and test_stems
-    assert not synth_stems & hdr_stems and not test_stems & (synth_stems | hdr_stems)
-    assert synth_stems | hdr_stems | test_stems == {f'scene{i}' for i in range(8)}
+    val_stems = {osp.splitext(n)[0] for n in os.listdir(out / 'val_gt')}
+    assert synth_stems and hdr_stems and test_stems and val_stems
+    assert not synth_stems & hdr_stems and not test_stems & (synth_stems | hdr_stems | val_stems)
+    assert synth_stems | hdr_stems | test_stems | val_stems == {f'scene{i}' for i in range(8)}
     assert {osp.splitext(n)[0] for n in os.listdir(out / 'test_ldr')} == test_stems
     assert os.listdir(out / 'train_hdr_sub') and os.listdir(out / 'train_ldr_sub')
 
@@ -260,6 +261,12 @@ def test_random_camera_is_seeded_and_json_round_trips():
     gammas = [d.gamma for d in draws if d.crf == 'gamma']
     assert 60 < len(gammas) < 140 and 1.8 <= min(gammas) and max(gammas) <= 2.6
     assert all(0.02 <= d.clip_fraction <= 0.16 for d in draws)
+    assert not any(d.crf == 'logistic' for d in draws)  # off by default: the in-family test sets never use it
+    wide = [cam.random_camera(np.random.default_rng(s), logistic_prob=0.4) for s in range(200)]
+    assert 50 < sum(d.crf == 'logistic' for d in wide) < 110
+    for a, b in zip(draws, wide):  # the extra family does not shift the other draws
+        if b.crf != 'logistic':
+            assert a == b
 
 
 def test_exposure_hits_the_clip_fraction_and_crfs_invert():
@@ -277,5 +284,54 @@ def test_exposure_hits_the_clip_fraction_and_crfs_invert():
         y = cam.crf_encode(x, params)
         assert y[0] == 0 and y[-1] == pytest.approx(1.0) and np.all(np.diff(y) > 0)
         assert np.allclose(cam.crf_decode(y, params), x, atol=1e-9)
+    # the logistic S-curve: 0 -> 0, white -> 1, monotone, a toe (slope < 1 at black) and a shoulder, invertible
+    # above its 14-stop floor
+    logistic = cam.CameraParams(crf='logistic', gamma=None, logistic_slope=0.8, logistic_pivot=-2.0)
+    x = np.geomspace(2.0**-13, 1.0, 200)
+    y = cam.crf_encode(x, logistic)
+    assert cam.crf_encode(np.zeros(1), logistic)[0] == 0 and y[-1] == pytest.approx(1.0)
+    assert np.all(np.diff(y) > 0) and y[0] < x[0]  # a toe: the deepest shadows get darker
+    assert (1 - cam.crf_encode(np.array([0.9]), logistic)[0]) / 0.1 < 0.5  # a shoulder: highlights compressed
+    assert np.allclose(cam.crf_decode(y, logistic), x, rtol=1e-6)
+    with pytest.raises(ValueError, match='logistic'):
+        cam.CameraParams(crf='logistic', gamma=None, logistic_slope=0.8, logistic_pivot=1.0)
     with pytest.raises(ValueError, match='jpeg_quality'):
         cam.CameraParams(jpeg_quality=90, bit_depth=16)
+
+
+# --- example: the three-way split and the out-of-family renderings -------------------------------------------------
+
+
+def test_example_three_way_split_never_shares_a_scene(prep, tmp_path):
+    data = tmp_path / 'data'
+    rng = np.random.default_rng(3)
+    for i in range(10):  # two sources, as in the curated data
+        write_hdr(str(data / 'hdr' / f'{"alpha" if i < 4 else "beta"}_{i}.hdr'), fake_hdr(rng, 24, 32))
+    for i in range(3):
+        write_ldr(str(data / 'ldr' / f'photo_{i}.png'), rng.random((24, 32, 3)))
+    out = tmp_path / 'out'
+    assert prep.main(['example', '--data', str(data), '--out', str(out), '--test-fraction', '0.3',
+                      '--val-fraction', '0.2', '--seed', '1']) == 0  # fmt: skip
+    record = json.loads((out / 'split.json').read_text())
+    sc = record['scenes']
+    parts = {name: set(sc[name]) for name in ('train_ldr', 'train_hdr', 'val', 'test')}
+    names = list(parts)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not parts[a] & parts[b], (a, b)
+    assert len(sc['test']) == 3 and len(sc['val']) == 2
+    assert {s.split('_')[0] for s in sc['test']} == {'alpha', 'beta'}  # stratified by source
+    stems = {
+        p: sorted(Path(f).stem for f in os.listdir(out / p))
+        for p in ('train_ldr', 'train_hdr', 'val_ldr', 'val_ood_ldr', 'val_gt', 'test_ldr', 'test_ood_ldr', 'test_gt')
+    }
+    assert stems['test_ldr'] == stems['test_ood_ldr'] == stems['test_gt'] == sorted(sc['test'])
+    assert stems['val_ldr'] == stems['val_ood_ldr'] == stems['val_gt'] == sorted(sc['val'])
+    assert not set(stems['train_hdr']) & (set(stems['test_gt']) | set(stems['val_gt']))
+    # the out-of-family LDRs are renderings of the same scenes with other curves than the in-family ones
+    renders = json.loads((out / 'test_ood_ldr.json').read_text())
+    assert {r['curve'] for r in renders.values()} <= {'hable', 'aces', 'drago', 'reinhard_lum'}
+    for stem in sc['test']:
+        a = cv2.imread(str(out / 'test_ldr' / f'{stem}.png'))
+        b = cv2.imread(str(out / 'test_ood_ldr' / f'{stem}.png'))
+        assert a.shape == b.shape and np.abs(a.astype(int) - b).mean() > 1

@@ -1,6 +1,6 @@
 """Full-reference HDR quality metrics on linear relative HDR, registered in BasicSR's ``METRIC_REGISTRY``.
 
-Evaluation protocol (method.md §9: the paper never states the domain or calibration of its numbers, so every step
+Evaluation protocol (the paper never states the domain or calibration of its numbers, so every step
 here is written down; report the metric name together with ``align``, ``peak_nits`` and ``percentile``).
 
 Inputs (BasicSR's convention ``f(img, img2, **opt) -> float``): ``img`` = prediction, ``img2`` = ground truth, both
@@ -87,6 +87,7 @@ MAX_PSNR = 100.0  # dB reported for identical images
 LOG_FLOOR = 1e-5  # log-PSNR: values below 1e-5 x the GT maximum are floored (5 decades)
 ALIGN_MIN_REL = 1e-6  # align_scale: pixels darker than this fraction of the image maximum are ignored
 CVVDP_DISPLAY = 'standard_hdr_linear'
+CLIP_THRESHOLD = 0.98  # an LDR pixel is clipped when one of its display-referred channels reaches this (250/255)
 _BOOKKEEPING_KEYS = ('better',)  # keys BasicSR's val.metrics blocks carry to calculate_metric
 
 
@@ -403,6 +404,126 @@ def calculate_pu21_ssim(
     return float(np.mean(scores))
 
 
+def clipped_mask(lq: Any, threshold: float = CLIP_THRESHOLD, crop_border: int = 0) -> np.ndarray:
+    """Pixels clipped in the LDR input: at least one display-referred channel ``>= threshold``.
+
+    Args:
+        lq: the LDR input, display-referred RGB in [0, 1] as float numpy ``(H, W, 3)`` / ``(N, H, W, 3)`` or torch
+            ``(3, H, W)`` / ``(N, 3, H, W)``; uint8 / uint16 code values are scaled to [0, 1].
+        threshold: display value that counts as clipped (default 0.98 = 250/255, so JPEG ringing at white counts).
+        crop_border: pixels removed on each side (as for the HDR pair).
+
+    Returns:
+        ``(N, H', W')`` bool.
+    """
+    if not 0 < threshold <= 1:
+        raise ValueError(f'clip_threshold must lie in (0, 1], got {threshold}')
+    arr = lq
+    if not torch.is_tensor(arr) and np.issubdtype(np.asarray(arr).dtype, np.integer):
+        arr = np.asarray(arr).astype(np.float64) / np.iinfo(np.asarray(arr).dtype).max
+    ldr = _as_batch(arr, 'LDR input (lq)')
+    if crop_border:
+        ldr = ldr[:, crop_border:-crop_border, crop_border:-crop_border]
+    return ldr.max(axis=-1) >= threshold
+
+
+def _clipped_pairs(img: Any, img2: Any, lq: Any, threshold: float, align: str, crop_border: int):
+    """The aligned pairs of :func:`prepare_pairs` with the clipped mask of each image's LDR input."""
+    if lq is None:
+        raise ValueError('clipped-region metrics need the LDR input (lq) to find its clipped pixels')
+    pairs = prepare_pairs(img, img2, align, crop_border)
+    masks = clipped_mask(lq, threshold, crop_border)
+    if masks.shape != (len(pairs), *pairs[0][1].shape[:2]):
+        raise ValueError(
+            f'LDR input (lq) shape {tuple(np.shape(lq))} does not match the HDR images {tuple(np.shape(img2))}'
+        )
+    return [(pred, gt, mask) for (pred, gt), mask in zip(pairs, masks)]
+
+
+def _nanmean(scores: list[float]) -> float:
+    finite = [v for v in scores if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else float('nan')
+
+
+@METRIC_REGISTRY.register()
+def calculate_pu21_psnr_clipped(
+    img: Any,
+    img2: Any,
+    lq: Any = None,
+    clip_threshold: float = CLIP_THRESHOLD,
+    align: str = DEFAULT_ALIGN,
+    crop_border: int = 0,
+    peak_nits: float = DEFAULT_PEAK_NITS,
+    percentile: float = DEFAULT_PERCENTILE,
+    channel: str = 'rgb',
+    data_range: float | str = 'pu21',
+    max_psnr: float = MAX_PSNR,
+    **kwargs,
+) -> float:
+    """PU21-PSNR in dB over the pixels that are clipped in the LDR input (highlight recovery).
+
+    The same alignment and absolute scaling as :func:`calculate_pu21_psnr` (computed on the whole image); the squared
+    error is averaged only over the pixels of :func:`clipped_mask`, where the input holds no information and plain
+    linearisation leaves the values at white.
+
+    Args:
+        img: prediction, linear HDR RGB, relative scale.
+        img2: ground truth, linear HDR RGB, relative scale, same shape.
+        lq: the LDR input the prediction was made from (see :func:`clipped_mask`), same height and width.
+        clip_threshold: display value of a clipped channel.
+        align, crop_border, peak_nits, percentile, channel, data_range, max_psnr: as :func:`calculate_pu21_psnr`.
+
+    Returns:
+        Mean over the images that have clipped pixels (NaN when none has), in dB (higher is better).
+    """
+    _check_options('calculate_pu21_psnr_clipped', kwargs)
+    peak = _pu21_range(data_range, peak_nits)
+    scores = []
+    for pred, gt, mask in _clipped_pairs(img, img2, lq, clip_threshold, align, crop_border):
+        if not mask.any():
+            scores.append(float('nan'))
+            continue
+        pred_abs, gt_abs, _ = to_absolute(pred, gt, peak_nits, percentile)
+        scores.append(_psnr(_pu21(pred_abs, channel)[mask], _pu21(gt_abs, channel)[mask], peak, max_psnr))
+    return _nanmean(scores)
+
+
+@METRIC_REGISTRY.register()
+def calculate_clipped_log_ratio(
+    img: Any,
+    img2: Any,
+    lq: Any = None,
+    clip_threshold: float = CLIP_THRESHOLD,
+    align: str = DEFAULT_ALIGN,
+    crop_border: int = 0,
+    **kwargs,
+) -> float:
+    """Median ``log2(Y_pred / Y_gt)`` over the pixels clipped in the LDR input, after the scale alignment.
+
+    0 = highlights at the right brightness; negative = too dark (plain linearisation leaves them at white, several
+    stops below the truth); positive = over-expanded. Luminances are floored at 1e-6 of the ground truth's maximum.
+
+    Args:
+        img: prediction, linear HDR RGB, relative scale.
+        img2: ground truth, linear HDR RGB, relative scale, same shape.
+        lq: the LDR input (see :func:`clipped_mask`).
+        clip_threshold, align, crop_border: as :func:`calculate_pu21_psnr_clipped`.
+
+    Returns:
+        Mean over the images that have clipped pixels (NaN when none has), in stops (best: 0).
+    """
+    _check_options('calculate_clipped_log_ratio', kwargs)
+    scores = []
+    for pred, gt, mask in _clipped_pairs(img, img2, lq, clip_threshold, align, crop_border):
+        if not mask.any():
+            scores.append(float('nan'))
+            continue
+        lum_p, lum_g = luminance_np(pred)[..., 0][mask], luminance_np(gt)[..., 0][mask]
+        floor = ALIGN_MIN_REL * max(float(gt.max()), 1e-30)
+        scores.append(float(np.median(np.log2(np.maximum(lum_p, floor) / np.maximum(lum_g, floor)))))
+    return _nanmean(scores)
+
+
 def resolve_device(device: str | torch.device = 'cpu') -> torch.device:
     """``'auto'`` -> ``cuda`` when available else ``cpu``; anything else is passed to ``torch.device``."""
     if str(device) == 'auto':
@@ -476,42 +597,63 @@ def calculate_cvvdp(
 
 # ------------------------------------------------------------------------------------------------ catalogue
 class MetricSpec(NamedTuple):
-    """One entry of :data:`HDR_METRICS`: the function, which direction is better and the unit."""
+    """One entry of :data:`HDR_METRICS`: the function, which direction is better, the unit and whether it needs the
+    LDR input (``lq``)."""
 
     func: Callable[..., float]
     better: str
     unit: str
+    needs_lq: bool = False
 
 
-#: Short name -> metric, for ``llmhdr-eval`` and the benchmarks (column names; ``better`` as BasicSR spells it).
+#: Short name -> metric, for ``llmhdr-eval`` and the benchmarks (column names; ``better`` as BasicSR spells it, or
+#: ``'zero'`` for a signed error whose ideal is 0).
 HDR_METRICS: dict[str, MetricSpec] = {
     'psnr_mu': MetricSpec(calculate_psnr_mu, 'higher', 'dB'),
     'log_psnr': MetricSpec(calculate_log_psnr, 'higher', 'dB'),
     'pu21_psnr': MetricSpec(calculate_pu21_psnr, 'higher', 'dB'),
     'pu21_ssim': MetricSpec(calculate_pu21_ssim, 'higher', ''),
     'cvvdp': MetricSpec(calculate_cvvdp, 'higher', 'JOD'),
+    'pu21_psnr_clip': MetricSpec(calculate_pu21_psnr_clipped, 'higher', 'dB', needs_lq=True),
+    'log2_ratio_clip': MetricSpec(calculate_clipped_log_ratio, 'zero', 'stops', needs_lq=True),
 }
 
 
-def compute_hdr_metrics(img: Any, img2: Any, names: list[str] | tuple[str, ...] | None = None, **opts) -> dict:
+def compute_hdr_metrics(
+    img: Any, img2: Any, names: list[str] | tuple[str, ...] | None = None, lq: Any = None, **opts
+) -> dict:
     """Several metrics of one prediction / ground-truth pair; each gets the options its signature accepts.
 
     Args:
         img: prediction, linear HDR RGB, relative scale.
         img2: ground truth, same shape.
-        names: keys of :data:`HDR_METRICS` (default: all of them).
+        names: keys of :data:`HDR_METRICS` (default: all of them, without the clipped-region ones when ``lq`` is
+            None).
+        lq: the LDR input of the prediction (display-referred, same height and width), for the clipped-region
+            metrics.
         **opts: shared options (``align``, ``crop_border``, ``peak_nits``, ``percentile``, ``device``, ...). An
             option that no selected metric accepts is an error.
 
     Returns:
         ``{name: score}`` in the order of ``names``.
     """
-    names = list(HDR_METRICS) if names is None else list(names)
+    if names is None:
+        names = [n for n, spec in HDR_METRICS.items() if lq is not None or not spec.needs_lq]
+    names = list(names)
     unknown = [n for n in names if n not in HDR_METRICS]
     if unknown:
         raise ValueError(f'Unknown HDR metric(s) {unknown}; available: {list(HDR_METRICS)}')
+    needs = [n for n in names if HDR_METRICS[n].needs_lq]
+    if needs and lq is None:
+        raise ValueError(f'HDR metric(s) {needs} need the LDR input (lq) to find the clipped pixels')
     params = {n: set(inspect.signature(HDR_METRICS[n].func).parameters) for n in names}
     unused = [k for k in opts if not any(k in p for p in params.values())]
     if unused:
         raise TypeError(f'compute_hdr_metrics: option(s) {unused} are accepted by none of {names}')
-    return {n: HDR_METRICS[n].func(img, img2, **{k: v for k, v in opts.items() if k in params[n]}) for n in names}
+    scores = {}
+    for n in names:
+        kwargs = {k: v for k, v in opts.items() if k in params[n]}
+        if HDR_METRICS[n].needs_lq:
+            kwargs['lq'] = lq
+        scores[n] = HDR_METRICS[n].func(img, img2, **kwargs)
+    return scores

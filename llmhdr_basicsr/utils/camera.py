@@ -1,10 +1,10 @@
 """Virtual cameras: synthesise LDR photographs from linear HDR with randomised camera response curves.
 
 Used by ``scripts/prepare_data.py synth`` (paired test sets, LDR inputs from HDR-only scenes), the tests and the
-benchmarks. method.md §7: randomising the camera response curve (gamma 1.8-2.6 and sigmoid-type curves, random
+benchmarks. Randomising the camera response curve (gamma 1.8-2.6 and sigmoid-type curves, random
 exposure so that 2-16 % of the pixels clip, 8-bit quantisation) was the biggest single lever when synthesising LDR
 training inputs; with one fixed gamma 2.2 a network learned nothing beyond plain linearisation. The recipe is the
-one of HDRCNN / SingleHDR (offline-assets.md §1.5).
+one of HDRCNN / SingleHDR.
 
 Pipeline of :func:`apply_camera` (numpy, ``(H, W, 3)`` RGB)::
 
@@ -19,9 +19,14 @@ Pipeline of :func:`apply_camera` (numpy, ``(H, W, 3)`` RGB)::
 
   - ``'gamma'``: ``y = x ** (1 / gamma)``, gamma drawn from [1.8, 2.6];
   - ``'sigmoid'``: ``y = (1 + beta) x^g / (x^g + beta)``, the camera curve of GlowGAN (Wang et al. ICCV 2023,
-    ``training/networks_stylegan3_resetting.py``; method.md §11) with ``g ~ N(0.9, 0.1)`` and
+    ``training/networks_stylegan3_resetting.py``) with ``g ~ N(0.9, 0.1)`` and
     ``beta ~ N(0.6, 0.1)``: a saturating curve with 0 -> 0 and 1 -> 1, compressing the highlights harder than a
     gamma curve (with a slight toe when g > 1).
+  - ``'logistic'``: an S-curve in log exposure, the shape of filmic camera renderings (a toe in the shadows, a
+    shoulder below white): ``y = (s(k (log2 x - c)) - s_0) / (s(-k c) - s_0)`` with ``s`` the logistic function,
+    slope ``k`` per stop, pivot ``c`` stops below white and ``s_0`` its value :data:`LOGISTIC_RANGE` stops below
+    white (darker inputs give 0). Off by default (``logistic_prob``); the training recipes widen the camera family
+    with it.
 
 - White balance: per-channel gains ``(r, 1, b)`` jittered around 1 (off by default).
 - Quantisation to ``bit_depth`` bits (8 by default; ``None`` keeps float values), then optional JPEG at a recorded
@@ -43,8 +48,12 @@ import cv2
 import numpy as np
 import torch
 
-CRF_FAMILIES = ('gamma', 'sigmoid')
-DEFAULT_CLIP_RANGE = (0.02, 0.16)  # method.md §7: 2-16 % clipped pixels
+CRF_FAMILIES = ('gamma', 'sigmoid', 'logistic')
+#: Stops below white where the logistic CRF reaches 0.
+LOGISTIC_RANGE = 14.0
+DEFAULT_LOGISTIC_SLOPE = (0.5, 1.2)  # per stop, uniform
+DEFAULT_LOGISTIC_PIVOT = (-4.0, -0.5)  # stops below white, uniform
+DEFAULT_CLIP_RANGE = (0.02, 0.16)  # 2-16 % clipped pixels (HDRCNN / SingleHDR)
 DEFAULT_GAMMA_RANGE = (1.8, 2.6)
 DEFAULT_SIGMOID_EXPONENT = (0.9, 0.1)  # GlowGAN: g ~ N(0.9, 0.1)
 DEFAULT_SIGMOID_BETA = (0.6, 0.1)  # GlowGAN: beta ~ N(0.6, 0.1)
@@ -60,6 +69,8 @@ class CameraParams:
         gamma: encoding gamma of the ``'gamma'`` CRF (``y = x ** (1 / gamma)``); None for other CRFs.
         sigmoid_exponent: ``g`` of the ``'sigmoid'`` CRF; None otherwise.
         sigmoid_beta: ``beta`` of the ``'sigmoid'`` CRF; None otherwise.
+        logistic_slope: slope ``k`` (per stop) of the ``'logistic'`` CRF; None otherwise.
+        logistic_pivot: pivot ``c`` (stops below white, <= 0) of the ``'logistic'`` CRF; None otherwise.
         clip_fraction: target fraction of pixels with a clipped channel, used when ``exposure`` is None.
         exposure: linear gain applied to the white-balanced HDR; None = derive it from ``clip_fraction``.
         wb_gains: linear gains ``[r, g, b]`` applied before the exposure (``[1, 1, 1]`` = no white-balance error).
@@ -73,6 +84,8 @@ class CameraParams:
     gamma: float | None = 2.2
     sigmoid_exponent: float | None = None
     sigmoid_beta: float | None = None
+    logistic_slope: float | None = None
+    logistic_pivot: float | None = None
     clip_fraction: float = 0.05
     exposure: float | None = None
     wb_gains: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
@@ -98,6 +111,16 @@ class CameraParams:
             raise ValueError(
                 'CameraParams.sigmoid_exponent and sigmoid_beta must be > 0 for the sigmoid CRF, got '
                 f'{self.sigmoid_exponent}, {self.sigmoid_beta}'
+            )
+        if self.crf == 'logistic' and not (
+            self.logistic_slope is not None
+            and self.logistic_slope > 0
+            and self.logistic_pivot is not None
+            and -LOGISTIC_RANGE < self.logistic_pivot <= 0
+        ):
+            raise ValueError(
+                'CameraParams.logistic_slope must be > 0 and logistic_pivot in (-14, 0] for the logistic CRF, got '
+                f'{self.logistic_slope}, {self.logistic_pivot}'
             )
         if not 0 <= self.clip_fraction < 1:
             raise ValueError(f'CameraParams.clip_fraction must be in [0, 1), got {self.clip_fraction}')
@@ -141,6 +164,9 @@ def random_camera(
     jpeg_prob: float = 0.0,
     jpeg_quality: tuple[int, int] = DEFAULT_JPEG_QUALITY,
     bit_depth: int | None = 8,
+    logistic_prob: float = 0.0,
+    logistic_slope: tuple[float, float] = DEFAULT_LOGISTIC_SLOPE,
+    logistic_pivot: tuple[float, float] = DEFAULT_LOGISTIC_PIVOT,
 ) -> CameraParams:
     """Draw a camera. The exposure stays unresolved (it depends on the image): see :func:`resolve_camera`.
 
@@ -158,6 +184,9 @@ def random_camera(
         jpeg_prob: probability of JPEG compression (needs ``bit_depth=8``).
         jpeg_quality: inclusive integer range of the JPEG quality.
         bit_depth: 8, 16 or None.
+        logistic_prob: probability of the logistic CRF (drawn first; the gamma / sigmoid choice otherwise).
+        logistic_slope: uniform range of its slope per stop.
+        logistic_pivot: uniform range of its pivot in stops below white.
 
     Returns:
         A :class:`CameraParams` with ``exposure=None``.
@@ -172,19 +201,29 @@ def random_camera(
     u = rng.random(8)  # fixed number of draws: [clip, family, gamma, g, beta, wb_r, wb_b, jpeg?] + quality below
     normals = rng.standard_normal(2)
     quality = int(rng.integers(jpeg_quality[0], jpeg_quality[1] + 1))
+    v = rng.random(3)  # drawn after the original draws, so the gamma / sigmoid streams stay as they were
     use_sigmoid = u[1] < sigmoid_prob
     g = float(np.clip(sigmoid_exponent[0] + sigmoid_exponent[1] * normals[0], 0.5, 1.5))
     beta = float(np.clip(sigmoid_beta[0] + sigmoid_beta[1] * normals[1], 0.2, 1.2))
-    return CameraParams(
-        crf='sigmoid' if use_sigmoid else 'gamma',
-        gamma=None if use_sigmoid else float(gamma_range[0] + (gamma_range[1] - gamma_range[0]) * u[2]),
-        sigmoid_exponent=g if use_sigmoid else None,
-        sigmoid_beta=beta if use_sigmoid else None,
+    common = dict(
         clip_fraction=float(lo + (hi - lo) * u[0]),
         exposure=None,
         wb_gains=[float(1.0 + wb_jitter * (2 * u[5] - 1)), 1.0, float(1.0 + wb_jitter * (2 * u[6] - 1))],
         bit_depth=bit_depth,
         jpeg_quality=quality if (u[7] < jpeg_prob and bit_depth == 8) else None,
+    )
+    if v[0] < logistic_prob:
+        return CameraParams(
+            crf='logistic', gamma=None,
+            logistic_slope=float(logistic_slope[0] + (logistic_slope[1] - logistic_slope[0]) * v[1]),
+            logistic_pivot=float(logistic_pivot[0] + (logistic_pivot[1] - logistic_pivot[0]) * v[2]), **common,
+        )  # fmt: skip
+    return CameraParams(
+        crf='sigmoid' if use_sigmoid else 'gamma',
+        gamma=None if use_sigmoid else float(gamma_range[0] + (gamma_range[1] - gamma_range[0]) * u[2]),
+        sigmoid_exponent=g if use_sigmoid else None,
+        sigmoid_beta=beta if use_sigmoid else None,
+        **common,
     )
 
 
@@ -222,11 +261,23 @@ def exposure_for_clip_fraction(hdr: np.ndarray, fraction: float, wb_gains: list[
     return 1.0 / ref if ref > 0 else 1.0
 
 
+def curve_of(params: CameraParams) -> tuple:
+    """The curve tuple of a camera, as the torch curves take it: ``('gamma', g)``, ``('sigmoid', g, beta)`` or
+    ``('logistic', slope, pivot)``."""
+    if params.crf == 'gamma':
+        return ('gamma', params.gamma)
+    if params.crf == 'sigmoid':
+        return ('sigmoid', params.sigmoid_exponent, params.sigmoid_beta)
+    return ('logistic', params.logistic_slope, params.logistic_pivot)
+
+
 def crf_encode(x: np.ndarray, params: CameraParams) -> np.ndarray:
     """Apply the camera response: linear [0, 1] (clipped) -> display-referred [0, 1]. float64 in, float64 out."""
     x = np.clip(x, 0.0, 1.0)
     if params.crf == 'gamma':
         return x ** (1.0 / params.gamma)
+    if params.crf == 'logistic':
+        return crf_encode_torch(torch.from_numpy(np.asarray(x, dtype=np.float64)), curve_of(params)).numpy()
     t = x**params.sigmoid_exponent
     b = params.sigmoid_beta
     return (1.0 + b) * t / (t + b)
@@ -237,6 +288,8 @@ def crf_decode(y: np.ndarray, params: CameraParams) -> np.ndarray:
     y = np.clip(np.asarray(y, dtype=np.float64), 0.0, 1.0)
     if params.crf == 'gamma':
         return y**params.gamma
+    if params.crf == 'logistic':
+        return crf_decode_torch(torch.from_numpy(y), curve_of(params)).numpy()
     b = params.sigmoid_beta
     t = b * y / (1.0 + b - y)  # y = (1 + b) t / (t + b)  <=>  t = b y / (1 + b - y)
     return t ** (1.0 / params.sigmoid_exponent)
@@ -246,12 +299,22 @@ def crf_decode(y: np.ndarray, params: CameraParams) -> np.ndarray:
 _CURVE_EPS = 1e-6
 
 
+def _logistic_ends(slope: float, pivot: float) -> tuple[float, float]:
+    """Logistic values at :data:`LOGISTIC_RANGE` stops below white and at white."""
+    return 1.0 / (1.0 + math.exp(slope * (LOGISTIC_RANGE + pivot))), 1.0 / (1.0 + math.exp(slope * pivot))
+
+
 def crf_decode_torch(y: torch.Tensor, curve: tuple) -> torch.Tensor:
-    """Torch twin of :func:`crf_decode` for a curve tuple ``('gamma', g)`` or ``('sigmoid', g, beta)``:
-    display-referred ``y`` in [0, 1] -> linear [0, 1] (any shape, float)."""
+    """Torch twin of :func:`crf_decode` for a curve tuple ``('gamma', g)``, ``('sigmoid', g, beta)`` or
+    ``('logistic', slope, pivot)``: display-referred ``y`` in [0, 1] -> linear [0, 1] (any shape, float)."""
     y = y.clamp(_CURVE_EPS, 1.0)
     if curve[0] == 'gamma':
         return y.pow(curve[1])
+    if curve[0] == 'logistic':
+        k, c = curve[1], curve[2]
+        lo, hi = _logistic_ends(k, c)
+        u = (lo + y * (hi - lo)).clamp(1e-12, 1 - 1e-12)
+        return torch.exp2(c + torch.logit(u) / k).clamp(max=1.0)
     g, b = curve[1], curve[2]
     return (b * y / (1.0 + b - y)).clamp(min=_CURVE_EPS).pow(1.0 / g)
 
@@ -262,6 +325,10 @@ def crf_encode_torch(x: torch.Tensor, curve: tuple) -> torch.Tensor:
     x = x.clamp(_CURVE_EPS, 1.0)
     if curve[0] == 'gamma':
         return x.pow(1.0 / curve[1])
+    if curve[0] == 'logistic':
+        k, c = curve[1], curve[2]
+        lo, hi = _logistic_ends(k, c)
+        return ((torch.sigmoid(k * (torch.log2(x) - c)) - lo) / (hi - lo)).clamp(0.0, 1.0)
     g, b = curve[1], curve[2]
     t = x.pow(g)
     return (1.0 + b) * t / (t + b)
@@ -309,18 +376,30 @@ def apply_camera(hdr: np.ndarray, params: CameraParams, dtype: type = np.float32
         if dtype.kind != 'f':
             raise ValueError('apply_camera: integer output needs a camera with bit_depth 8 or 16')
         return y.astype(dtype)
-    peak = 2**params.bit_depth - 1
-    codes = np.round(y * peak).astype(np.uint8 if params.bit_depth == 8 else np.uint16)
-    if params.jpeg_quality is not None:
-        ok, buf = cv2.imencode('.jpg', codes[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(params.jpeg_quality)])
-        if not ok:
-            raise RuntimeError('apply_camera: OpenCV could not JPEG-encode the image')
-        codes = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
     if dtype.kind == 'f':
-        return (codes.astype(np.float64) / peak).astype(dtype)
+        return quantize_display(y, params.bit_depth, params.jpeg_quality).astype(dtype)
+    codes = quantize_display(y, params.bit_depth, params.jpeg_quality, codes=True)
     if dtype != codes.dtype:
         raise ValueError(f'apply_camera: {dtype} output needs bit_depth {8 if dtype == np.uint8 else 16}')
     return np.ascontiguousarray(codes)
+
+
+def quantize_display(y: np.ndarray, bit_depth: int, jpeg_quality: int | None = None, codes: bool = False) -> np.ndarray:
+    """Quantise display-referred ``(H, W, 3)`` RGB in [0, 1] to ``bit_depth`` bits, then optionally JPEG (8 bit).
+
+    Returns:
+        float64 values in [0, 1] (multiples of ``1 / (2^bits - 1)``), or the uint8/uint16 code values with ``codes``.
+    """
+    peak = 2**bit_depth - 1
+    out = np.round(np.clip(y, 0.0, 1.0) * peak).astype(np.uint8 if bit_depth == 8 else np.uint16)
+    if jpeg_quality is not None:
+        if bit_depth != 8:
+            raise ValueError('quantize_display: JPEG needs bit_depth 8')
+        ok, buf = cv2.imencode('.jpg', out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+        if not ok:
+            raise RuntimeError('quantize_display: OpenCV could not JPEG-encode the image')
+        out = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
+    return out if codes else out.astype(np.float64) / peak
 
 
 def synthesize_ldr(hdr: np.ndarray, rng: np.random.Generator, **camera_kwargs: Any) -> tuple[np.ndarray, CameraParams]:
@@ -341,7 +420,9 @@ __all__ = [
     'crf_decode_torch',
     'crf_encode',
     'crf_encode_torch',
+    'curve_of',
     'exposure_for_clip_fraction',
+    'quantize_display',
     'random_camera',
     'resolve_camera',
     'synthesize_ldr',
