@@ -125,24 +125,64 @@ def test_feedback_iterations_differ_and_last_is_output():
     assert (y0 - y1).abs().max() > 1e-4
 
 
-def test_maps_are_recomputed_from_the_previous_output():
+def test_each_iteration_perceives_the_previous_estimate_in_the_output_domain():
     net = tiny(num_iter=3)
     perturb(net, 0.1)
     x = scene(1, 21, 26)
-    calls = []
-    original = net._maps
-    net._maps = lambda img, ref: calls.append((img, ref)) or original(img, ref)
+    seen, fed = [], []
+    perceive, decode_step = net.perceive, net.decode_step
+    net.perceive = lambda enc, est: seen.append(est) or perceive(enc, est)
+    net.decode_step = lambda enc, est, *a, **k: fed.append(est) or decode_step(enc, est, *a, **k)
     outs = net(x, return_all=True)
-    assert len(calls) == 3 and calls[0][1] is None
-    torch.testing.assert_close(calls[0][0][..., :21, :26], x, atol=0, rtol=0)  # t = 0: the input
-    base = output_domain_base(x, 'hdr_mu')
-    for t in (1, 2):  # t >= 1: the previous output, artifacts measured against the input's base
-        torch.testing.assert_close(calls[t][0][..., :21, :26], outs[t - 1], atol=0, rtol=0)
-        torch.testing.assert_close(calls[t][1][..., :21, :26], base, atol=0, rtol=0)
+    assert len(seen) == len(fed) == 3
+    base = output_domain_base(x, 'hdr_mu', net.headroom)
+    torch.testing.assert_close(seen[0][..., :21, :26], base, atol=0, rtol=0)  # t = 0: the input, in the output domain
+    for t in (1, 2):  # t >= 1: the previous output, in the same domain, and it enters the decoder with its gradient
+        torch.testing.assert_close(seen[t][..., :21, :26], outs[t - 1], atol=0, rtol=0)
+        assert fed[t] is seen[t] and fed[t].requires_grad
+        grad = torch.autograd.grad(outs[t].sum(), fed[t], retain_graph=True)[0]
+        assert grad.abs().sum() > 0
     # detach_maps only changes the gradient, not the values
     attached = tiny(num_iter=3, detach_maps=False)
     attached.load_state_dict(net.state_dict())
     torch.testing.assert_close(attached(x), outs[-1], atol=0, rtol=0)
+
+
+def _recorded_maps(net, x):
+    """The perception maps of every feedback iteration of one forward pass."""
+    maps = []
+    perceive = net.perceive
+
+    def record(enc, est):
+        maps.append(perceive(enc, est))
+        return maps[-1]
+
+    net.perceive = record
+    net(x)
+    return maps
+
+
+def test_feedback_maps_after_iteration_zero_are_not_trivial_on_a_clipped_input():
+    # the maps of t >= 1 judge the current estimate against the input: clipped highlights that are still at white
+    # stay marked, so iteration 1 gets the same over-exposure signal as iteration 0 (not the empty maps of an
+    # estimate judged as a display image), for an untrained and for a perturbed network
+    x = scene(1, 24, 24)
+    perturbed = tiny(num_iter=3)
+    perturb(perturbed, 0.05)
+    clipped = x[0, 0] >= 1.0
+    for net in (tiny(num_iter=3), perturbed):
+        maps = _recorded_maps(net, x)
+        for t in (1, 2):
+            over = maps[t][0, 1, :24, :24]
+            assert over[clipped].min() > 0.3 and over[~clipped].max() == 0
+            assert maps[t][0, 2].max() > 0  # under-exposure of the dark corner
+
+
+def test_feedback_input_off_keeps_only_gates_and_state():
+    on, off = tiny(num_iter=2), tiny(num_iter=2, feedback_input=False)
+    assert not hasattr(off, 'feedback') and hasattr(on, 'feedback')
+    x = scene(1, 16, 16)
+    torch.testing.assert_close(on(x), off(x), atol=0, rtol=0)  # both untrained: exactly the base
 
 
 def test_no_state_leak_and_batch_independence():
@@ -231,7 +271,9 @@ def test_bad_options_and_inputs_are_named():
     with pytest.raises(ValueError, match='num_iter'):
         tiny(num_iter=0)
     with pytest.raises(ValueError, match='perception_opt.*tau'):
-        tiny(perception_opt={'tau': 2.0})
+        tiny(perception_opt={'clip_tau': 2.0})
+    with pytest.raises(ValueError, match='perception_opt.*tau'):
+        tiny(out_domain='ldr', perception_opt={'tau': 2.0})
     with pytest.raises(ValueError, match='perception_opt.*thresh'):
         tiny(perception_opt={'thresh': 0.9})
     with pytest.raises(ValueError, match=r'\(N, 3, H, W\)'):
@@ -350,10 +392,10 @@ def test_crf_basis_weights_never_lose_their_gradient():
     x = torch.rand(2, 3, 8, 8)
     feat = torch.randn(2, 64, 2, 2)
     crf = CRFBasisBase(64, 'decode')
-    assert torch.allclose(crf.weights(feat), torch.full((2, len(crf.basis)), INIT_WEIGHT))
+    assert torch.allclose(crf.weights(feat, x), torch.full((2, len(crf.basis)), INIT_WEIGHT))
     with torch.no_grad():
         crf.bias.fill_(-0.1)  # far below zero: every weight ~ 0
-    assert crf.weights(feat).max() < 1e-5
+    assert crf.weights(feat, x).max() < 1e-5
     (crf(x, feat) - x).abs().mean().backward()  # any loss that wants the curve to change
     assert (crf.bias.grad != 0).all() and (crf.proj.weight.grad != 0).any()
 
@@ -361,11 +403,37 @@ def test_crf_basis_weights_never_lose_their_gradient():
     with torch.no_grad():
         crf.bias.fill_(0.5)  # where the soft clamp is linear: weight = z
     opt = torch.optim.Adam([crf.proj.weight], lr=1e-3)
-    w0 = crf.weights(feat).detach()
+    w0 = crf.weights(feat, x).detach()
     crf(x, feat).mean().backward()
     opt.step()
-    step = (crf.weights(feat).detach() - w0).abs().max()
+    step = (crf.weights(feat, x).detach() - w0).abs().max()
     assert 1e-5 < step < 2e-3  # 64 weights each moved by lr = 1e-3: ~0.02 without the 1 / C, ~4e-4 with it
+
+
+def test_crf_basis_sees_the_input_histogram():
+    """Instance norm leaves the bottleneck mean nearly the same for every image; the histograms of the input tell a
+    flat, dark photo from one whose highlights pile up under white, so the curve can differ between them."""
+    from llmhdr_basicsr.archs.crf_basis import CRFBasisBase, ImageHistogram
+
+    hist = ImageHistogram(8)
+    dark = torch.full((1, 3, 16, 16), 0.1)
+    shoulder = torch.full((1, 3, 16, 16), 0.95)
+    h = hist(torch.cat([dark, shoulder]))
+    assert (
+        h.shape == (2, 16)
+        and torch.allclose(h[:, :8].sum(1), torch.ones(2))
+        and torch.allclose(h[:, 8:].sum(1), torch.ones(2))
+    )
+    assert h[0, :2].sum() > 0.9 and h[1, 6:8].sum() > 0.9
+    torch.manual_seed(0)
+    crf = CRFBasisBase(8, 'decode', hist_bins=8)
+    with torch.no_grad():
+        crf.proj.weight.normal_(0, 1.0)
+    feat = torch.zeros(2, 8, 2, 2)  # the same bottleneck for both images
+    w = crf.weights(feat, torch.cat([dark, shoulder]))
+    assert (w[0] - w[1]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match='histogram'):
+        crf.weights(feat)
 
 
 def test_crf_basis_bad_options_are_named():

@@ -1,9 +1,9 @@
 """Shared building blocks of the llmhdr_basicsr architectures.
 
 - :func:`make_norm` / :func:`conv_norm_act`: conv + norm + LeakyReLU(0.2) blocks (CycleGAN / U-Net conventions).
-- :func:`init_weights`: CycleGAN's ``normal`` initialisation, N(0, 0.02) (method.md §7, §11).
-- :class:`ConvLSTMCell`: the convolutional LSTM of the feedback state (method.md §2.3).
-- :class:`FiLM`: feature-wise affine modulation from a guidance vector, initialised to the identity (method.md §2.3).
+- :func:`init_weights`: CycleGAN's ``normal`` initialisation, N(0, 0.02).
+- :class:`ConvLSTMCell`: the convolutional LSTM of the feedback state (``docs/method.md``).
+- :class:`FiLM`: feature-wise affine modulation from a guidance vector, initialised to the identity.
 - :func:`pad_to_multiple` / :func:`count_parameters`: size handling and bookkeeping.
 """
 
@@ -85,7 +85,7 @@ class ConvLSTMCell(nn.Module):
     Args:
         in_ch: channels of the input ``x``.
         hidden_ch: channels of ``h`` and ``c``.
-        kernel_size: odd conv size (3 as method.md §2.3).
+        kernel_size: odd conv size (3 in the generator).
         forget_bias: initial bias of the forget gate (1.0 keeps the cell state by default); applied by
             :meth:`reset_forget_bias`, which the owner calls after :func:`init_weights`.
     """

@@ -1,72 +1,78 @@
-"""FeedbackUNet: the LLM-HDR / CycleHDR generator (method.md §2, §3.3), used for both G_Y (LDR->HDR) and G_X (HDR->LDR).
+"""FeedbackUNet: the LLM-HDR / CycleHDR generator, used for both G_Y (LDR->HDR) and G_X (HDR->LDR).
 
 Structure (``F = num_feat``; widths F, 2F, 4F, 8F = 64/128/256/512 by default, as the paper's figure)::
 
-    x -> pad to a multiple of 8 -> encoder (runs ONCE)
+    encode(x):   pad to a multiple of 8; encoder runs ONCE; the input mapped to the output domain ("base", the
+                 residual anchor and iteration 0's view of the input); the input's own perception context
          L1: conv3x3(in->F), conv3x3(F->F)            -> s1 (full res)     each conv: + norm + LReLU(0.2)
          maxpool2 -> L2: 2F, 2F                        -> s2 (1/2)
          maxpool2 -> L3: 4F, 4F                        -> s3 (1/4)
          maxpool2 -> L4: 8F, 8F                        -> e  (1/8, bottleneck)
-    for t = 0 .. num_iter-1 (decoder weights shared across t):
-         maps_t = [artifact, over, under] of y_{t-1} (t = 0: of the input, or the external ``maps``)
-         u_t  = FiLM(e * gate_af(artifact), guidance_t)          artifact map -> bottleneck ("Layer 4", §3.3)
-         h_t, c_t = ConvLSTM(u_t, (h_{t-1}, c_{t-1}))            feedback state at the bottleneck (§2.3), h_0=c_0=0
+    for t = 0 .. num_iter-1 (decoder weights shared across t), prev_0 = base, prev_t = y_{t-1} WITH gradient:
+         maps_t = perceive(prev_t)                                [artifact, over, under] of the current estimate
+         f_t  = feedback(cat(prev_t, maps_t))                     the estimate itself re-enters (FHDR's feedback)
+         u_t  = FiLM(e * gate_af(artifact) + pool8(f_t) W, guidance_t)     artifact map -> bottleneck ("Layer 4")
+         h_t, c_t = ConvLSTM(u_t, (h_{t-1}, c_{t-1}))            feedback state at the bottleneck, h_0 = c_0 = 0
          b_t  = u_t + conv1x1(h_t)                               hidden state (lstm_feat ch) restored to 8F ch
          d3 = convs(cat(up(b_t), s3 * gate_ux3(under))) * gate_ox(over)   over map -> level 3 ("Layer 3")
          d2 = convs(cat(up(d3),  s2 * gate_ux2(under)))                    under map -> skips 1, 2, 3
-         d1 = convs(cat(up(d2),  s1 * gate_ux1(under)))
+         d1 = convs(cat(up(d2),  s1 * gate_ux1(under) + f_t))
          y_t = sigmoid(logit(base) + conv1x1(d1))   (residual=True)   or   sigmoid(conv1x1(d1))
     output y_{num_iter-1}, cropped back; ``return_all=True`` gives [y_0, ..., y_{T-1}] (deep supervision, as FHDR).
 
+The three steps are methods: :meth:`FeedbackUNet.encode` (everything computed once per input, including every
+domain conversion), :meth:`FeedbackUNet.perceive` (the perception maps of an estimate: the one place the generator
+judges its output) and :meth:`FeedbackUNet.decode_step` (one feedback iteration).
+
 Domains (``out_domain``):
 
-- ``'hdr_mu'`` (G_Y): input = LDR ``(N, 3, H, W)``, display-referred sRGB in [0, 1]; output = mu-law-compressed
-  (mu = 5000) normalised linear HDR in [0, 1], ``T(H)`` of method.md §5. ``base = mu_law(srgb_decode(x))``: the
-  linearised LDR read as normalised HDR.
-- ``'ldr'`` (G_X): input = mu-law-compressed normalised linear HDR in [0, 1]; output = display-referred sRGB LDR in
-  [0, 1]. ``base = srgb_encode(mu_law_inverse(x))``: clip at 1 and sRGB-encode.
+- ``'hdr_mu'`` (G_Y): input = LDR ``(N, 3, H, W)``, display-referred sRGB in [0, 1]; output = the model's HDR domain
+  ``T(H / 2^headroom)`` in [0, 1] (mu-law, mu = 5000, of linear HDR with diffuse white = the LDR's clipping level =
+  1). ``base = T(srgb_decode(x) / 2^headroom)``: the linearised LDR. Perception maps judge the reconstruction against
+  its LDR input (:func:`~llmhdr_basicsr.perception.heuristic.reconstruction_maps`, on the estimate re-rendered at the
+  input's exposure: clipped highlights left at white, dark shadows left at black, checkerboard / extra contrast
+  outside the clipped regions).
+- ``'ldr'`` (G_X): input = HDR in that mu-law domain; output = display-referred sRGB LDR in [0, 1].
+  ``base = srgb_encode(2^headroom mu_law_inverse(x))``: clip at white and sRGB-encode. Perception maps judge the
+  display image (:func:`~llmhdr_basicsr.perception.heuristic.heuristic_maps`: saturated, dark, extra detail).
 - ``crf_basis`` (an addition of this project): the fixed sRGB curve of ``base`` becomes a per-image mixture of camera
   curves predicted from the bottleneck ``e`` (:mod:`llmhdr_basicsr.archs.crf_basis`), starting at sRGB.
 
-Choices where method.md leaves things open (§2.2 [UNKNOWN]), with reasons:
+Iteration 0 sees the input through ``base``, in the output domain; iteration t >= 1 sees ``y_{t-1}`` in the same
+domain and through the same perception function, so the maps of every iteration mean the same thing and the ones of
+t >= 1 say what is still wrong with the current estimate (e.g. highlights not yet lifted above white). The estimate
+enters the decoder through the ``feedback`` conv with its gradient (``feedback_input``, FHDR feeds its output back
+the same way); the maps are computed without gradient by default (``detach_maps``): they condition the decoder, the
+perception loss trains it. Design notes and the measured effect of each part: ``docs/method.md`` of the repository.
 
-- Down-sampling by 2x2 max-pool, up-sampling by 2x2 stride-2 transposed conv: the classic U-Net of the figure (its
-  ~7.7 M parameter estimate assumes exactly this); max-pool adds no parameters.
-- ConvLSTM hidden width ``lstm_feat`` (default 4F = 256 for the 512-ch bottleneck, method.md's recommendation), a 1x1
-  conv restores 8F channels and is *added* to the bottleneck feature, so the encoder feature always reaches the
-  decoder and the feedback state refines it. Initial state ``h_0 = c_0 = 0`` (no parameters; FHDR's copy-the-input
-  reading needs a projection and blurs what "state" means). Forget-gate bias 1. State lives only inside one
-  ``forward`` call (FHDR leaked it across batches).
-- What feeds back: the previous output enters through the perception maps (recomputed from ``y_{t-1}`` each
-  iteration) and the guidance callable; the artifact-gated, FiLM-modulated bottleneck is the ConvLSTM *input*, so the
-  state integrates that information across iterations.
-- Gating (§3.3): residual form ``f * (1 + g)`` with ``g = M * tanh(conv3x3(M))``, ``M`` the map average-pooled to the
-  feature size and the 1->C conv zero-initialised. Hence: an all-zero map gives ``g = 0`` -> the features pass
-  unchanged, whatever the weights (no defect, no modulation); an all-one map gives a per-channel constant factor
-  ``1 + tanh(bias_c + sum(w_c))`` in (0, 2) (replicate padding keeps it constant up to the borders); an untrained
-  gate is the identity for any map. The factor stays in ``[1 - M, 1 + M]``.
-- Maps at t = 0 come from the input itself (both input kinds are display-like: sRGB LDR or mu-law HDR), the
-  artifact map in its reference-free variant; at t >= 1 from ``y_{t-1}`` with ``base`` (the input in the output
-  domain) as the artifact reference. ``detach_maps=True`` (default) computes them without gradient, as a VLM answer
-  would be, so the network cannot game its own perception signal; it also saves memory.
-- CLIP guidance (§1, §2.3): FiLM at the bottleneck, MLP last layer zero-initialised (identity at start).
-- Residual output (method.md §7: predicting a correction on top of the linearised input was the biggest lever): the
-  head is zero-initialised, so an untrained net returns exactly ``clamp(base, eps, 1 - eps)``.
-- Any size: replicate padding to a multiple of 8 (and to at least 16, so instance norm has >1 bottleneck pixel), crop
-  back. Instance norm has no running statistics, so train and eval behave the same.
-- Weights: N(0, 0.02) everywhere (CycleGAN), except the zero-init head, FiLM output layer and gate convs.
+Other choices, with reasons:
+
+- Down-sampling by 2x2 max-pool, up-sampling by 2x2 stride-2 transposed conv: the classic U-Net of the figure.
+- ConvLSTM hidden width ``lstm_feat`` (default 4F), a 1x1 conv restores 8F channels and is *added* to the
+  bottleneck feature, so the encoder feature always reaches the decoder and the state refines it. ``h_0 = c_0 = 0``,
+  forget-gate bias 1. State lives only inside one ``forward`` call (FHDR leaked it across batches).
+- Gating: residual form ``f * (1 + g)`` with ``g = M * tanh(conv3x3(M))``, ``M`` the map average-pooled to the
+  feature size and the 1->C conv zero-initialised: an all-zero map or an untrained gate changes nothing; the factor
+  stays in ``[1 - M, 1 + M]``.
+- The feedback conv's output layers are zero-initialised, the head too (``residual``): an untrained net returns
+  exactly ``clamp(base, eps, 1 - eps)`` at every iteration.
+- CLIP guidance: FiLM at the bottleneck, MLP last layer zero-initialised (identity at start).
+- Any size: replicate padding to a multiple of 8 (and to at least 16), crop back. Instance norm has no running
+  statistics, so train and eval behave the same. Weights N(0, 0.02) (CycleGAN) except the zero-initialised parts.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
-from llmhdr_basicsr.perception.heuristic import PerceptionMaps, heuristic_maps
+from llmhdr_basicsr.perception.heuristic import PerceptionMaps, heuristic_maps, reconstruction_maps
 from llmhdr_basicsr.utils.tonemap import hdr_to_model, model_to_hdr, srgb_decode, srgb_encode
 
 from .arch_util import ConvLSTMCell, FiLM, conv_norm_act, init_weights, pad_to_multiple
@@ -83,7 +89,7 @@ def output_domain_base(x: torch.Tensor, out_domain: str, headroom: float = 0.0) 
 
     HDR in the model is ``T(H / 2^headroom)``: linear HDR whose diffuse white (the LDR clipping level, the
     normalisation reference of the datasets) is 1, compressed with mu-law after leaving ``headroom`` stops above white
-    for highlights (method.md §7: real light sources sit 2.6-17x above clip).
+    for highlights (light sources sit several stops above the clipping level).
 
     Args:
         x: ``(N, 3, H, W)``; for ``'hdr_mu'`` display-referred sRGB LDR in [0, 1], for ``'ldr'`` HDR in that
@@ -103,7 +109,7 @@ def output_domain_base(x: torch.Tensor, out_domain: str, headroom: float = 0.0) 
 
 
 class MapGate(nn.Module):
-    """Residual map gating ``f * (1 + M * tanh(conv3x3(M)))`` (method.md §3.3, [INFERRED] form).
+    """Residual map gating ``f * (1 + M * tanh(conv3x3(M)))`` (the form is this project's choice; ``docs/method.md``).
 
     Args:
         num_ch: channels of the gated feature.
@@ -132,6 +138,36 @@ def _map_pyramid(maps: torch.Tensor, levels: int) -> list[torch.Tensor]:
     return out
 
 
+@dataclass
+class Encoding:
+    """What :meth:`FeedbackUNet.encode` computes once per input and every feedback iteration reuses.
+
+    All tensors are at the padded size ``(H', W')`` (a multiple of 8); ``size`` is the input's ``(H, W)``.
+
+    Attributes:
+        x: ``(N, 3, H', W')`` the padded input, in the input domain.
+        skips: ``(s1, s2, s3)`` encoder features at scales 1, 1/2, 1/4.
+        bottleneck: ``(N, 8F, H'/8, W'/8)`` encoder feature ``e``.
+        base: ``(N, 3, H', W')`` the input in the output domain (the residual anchor, iteration 0's estimate), or
+            None when the network has neither ``residual`` nor ``gating``.
+        base_logit: ``logit(clamp(base, eps, 1 - eps))`` for the residual head, or None.
+        size: ``(H, W)`` before padding.
+    """
+
+    x: torch.Tensor
+    skips: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    bottleneck: torch.Tensor
+    base: torch.Tensor | None
+    base_logit: torch.Tensor | None
+    size: tuple[int, int]
+
+
+def _accepted(fn: Callable, options: dict) -> dict:
+    """The entries of ``options`` that ``fn`` takes as keyword arguments."""
+    names = set(inspect.signature(fn).parameters)
+    return {k: v for k, v in options.items() if k in names}
+
+
 @ARCH_REGISTRY.register()
 class FeedbackUNet(nn.Module):
     """U-Net with a ConvLSTM feedback loop around a shared decoder, perception-map gating and FiLM guidance.
@@ -145,7 +181,9 @@ class FeedbackUNet(nn.Module):
         num_iter: feedback iterations ``T`` (decoder passes); every one emits an image, the last is the output.
         lstm_feat: ConvLSTM hidden channels; None = ``4 * num_feat``.
         lstm_kernel: ConvLSTM conv size (odd).
-        gating: apply the artifact / over / under maps (method.md §3.3); False removes the gates entirely.
+        gating: apply the artifact / over / under maps; False removes the gates entirely.
+        feedback_input: iterations see the previous estimate and its maps through the feedback conv (with
+            gradient); False: only through the gates and the ConvLSTM state.
         guidance_dim: length of the guidance vector (e.g. 1024 for concat of two ViT-B/32 CLIP embeddings); 0 = no
             FiLM (and passing ``guidance`` is an error).
         guidance_hidden: hidden width of the FiLM MLP; None = ``4 * num_feat``.
@@ -154,10 +192,12 @@ class FeedbackUNet(nn.Module):
         residual: predict a logit correction on top of :func:`output_domain_base` (zero-initialised head) instead of
             a plain sigmoid image.
         residual_eps: the base is clamped to ``[eps, 1 - eps]`` before the logit.
-        norm: ``'instance'`` or ``'none'`` after every conv except the head and the gates.
-        detach_maps: compute the feedback maps without gradient (see module docstring).
-        perception_opt: keyword arguments for :func:`llmhdr_basicsr.perception.heuristic.heuristic_maps` (``tau``,
-            ``channel_reduce``, ``artifact_*``); keep them equal to the perception loss's.
+        norm: ``'instance'`` or ``'none'`` after every conv except the head, the gates and the feedback output.
+        detach_maps: compute the perception maps without gradient (they condition, the loss trains).
+        perception_opt: keyword arguments of the perception functions
+            (:func:`~llmhdr_basicsr.perception.heuristic.reconstruction_maps` for ``'hdr_mu'``,
+            :func:`~llmhdr_basicsr.perception.heuristic.heuristic_maps` for ``'ldr'``; keys the function does not take
+            are ignored); keep them equal to the perception loss's.
         init_std: std of the N(0, std) weight initialisation.
         pad_mode: padding to a multiple of 8: ``'replicate'`` (any size) or ``'reflect'`` (input > pad needed).
         headroom: stops of highlight range above diffuse white in the HDR (mu-law) domain, see
@@ -179,6 +219,7 @@ class FeedbackUNet(nn.Module):
         lstm_feat: int | None = None,
         lstm_kernel: int = 3,
         gating: bool = True,
+        feedback_input: bool = True,
         guidance_dim: int = 0,
         guidance_hidden: int | None = None,
         out_domain: str = 'hdr_mu',
@@ -204,8 +245,11 @@ class FeedbackUNet(nn.Module):
                 f'FeedbackUNet: residual=True maps the RGB input to the output domain and needs num_in_ch = num_out_ch'
                 f' = 3, got {num_in_ch}, {num_out_ch}'
             )
-        if gating and num_in_ch != 3:
-            raise ValueError(f'FeedbackUNet: gating computes perception maps of an RGB input; num_in_ch={num_in_ch}')
+        if (gating or feedback_input) and not (num_in_ch == num_out_ch == 3):
+            raise ValueError(
+                'FeedbackUNet: gating and feedback_input judge RGB estimates and need num_in_ch = num_out_ch = 3, '
+                f'got {num_in_ch}, {num_out_ch}'
+            )
         if not 0.0 < residual_eps < 0.5:
             raise ValueError(f'FeedbackUNet: residual_eps must lie in (0, 0.5), got {residual_eps}')
         if pad_mode not in ('replicate', 'reflect'):
@@ -213,13 +257,21 @@ class FeedbackUNet(nn.Module):
         if guidance_dim < 0:
             raise ValueError(f'FeedbackUNet: guidance_dim must be >= 0, got {guidance_dim}')
         self.num_iter, self.gating, self.out_domain = num_iter, gating, out_domain
+        self.feedback_input = feedback_input
         self.headroom = float(headroom)
         self.residual, self.residual_eps = residual, residual_eps
         self.detach_maps, self.pad_mode = detach_maps, pad_mode
         self.num_in_ch, self.guidance_dim = num_in_ch, guidance_dim
         self.perception_opt = dict(perception_opt or {})
+        known = set(inspect.signature(reconstruction_maps).parameters) | set(
+            inspect.signature(heuristic_maps).parameters
+        )
+        unknown = sorted(set(self.perception_opt) - known)
+        if unknown:
+            raise ValueError(f'FeedbackUNet: perception_opt has unknown key(s) {unknown}; known: {sorted(known)}')
         try:  # fail at construction, not in the first training step, on a bad perception_opt
-            heuristic_maps(torch.zeros(1, 3, 8, 8), **self.perception_opt)
+            probe = torch.full((1, 3, 8, 8), 0.5)
+            self._perception_maps(probe, probe, probe)
         except (TypeError, ValueError) as err:
             raise ValueError(f'FeedbackUNet: invalid perception_opt {self.perception_opt}: {err}') from err
         c1, c2, c3, c4 = (num_feat * m for m in (1, 2, 4, 8))
@@ -230,6 +282,10 @@ class FeedbackUNet(nn.Module):
 
         # encoder (runs once per forward)
         self.enc1, self.enc2, self.enc3, self.enc4 = level(num_in_ch, c1), level(c1, c2), level(c2, c3), level(c3, c4)
+        # feedback: the previous estimate and its maps, at full resolution and pooled to the bottleneck
+        if feedback_input:
+            self.feedback = nn.Sequential(conv_norm_act(6, c1, 3, norm=norm), nn.Conv2d(c1, c1, 3, padding=1))
+            self.feedback_bottleneck = nn.Conv2d(c1, c4, 1)
         # feedback state at the bottleneck
         self.lstm = ConvLSTMCell(c4, lstm_feat, lstm_kernel)
         self.lstm_out = nn.Conv2d(lstm_feat, c4, 1)
@@ -255,7 +311,7 @@ class FeedbackUNet(nn.Module):
         init_weights(self, init_std)
         if self.crf is not None:  # its own initialisation (sRGB-anchored), not N(0, std)
             self.crf.reset_parameters()
-        # special initialisations after the global N(0, std)
+        # special initialisations after the global N(0, std): every optional path starts as the identity
         self.lstm.reset_forget_bias()
         if self.film is not None:
             self.film.reset_identity()
@@ -263,18 +319,109 @@ class FeedbackUNet(nn.Module):
             for m in self.modules():
                 if isinstance(m, MapGate):
                     m.reset_identity()
+        if feedback_input:
+            for layer in (self.feedback[-1], self.feedback_bottleneck):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
         if residual:
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
 
-    # ----------------------------------------------------------------------------------------------------------------
-    def _maps(self, img: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
-        """``(N, 3, H, W)`` [artifact, over, under] of a display-like image, per ``detach_maps``."""
+    # ---------------------------------------------------------------------------------------------------- steps
+    def encode(self, x: torch.Tensor, detach_curve: bool = False) -> Encoding:
+        """Everything computed once per input: padding, the encoder, and the input in the output domain.
+
+        The domain conversions of the generator all happen here: ``base`` (the input mapped to the output domain by
+        the fixed sRGB curve, or by the learned camera curve of ``crf_basis``) and its logit for the residual head.
+
+        Args:
+            x: ``(N, 3, H, W)`` input in the input domain (see :meth:`forward`).
+            detach_curve: no gradient reaches the camera-curve mixture weights (``crf_basis``).
+        """
+        xp, size = pad_to_multiple(x, 8, min_size=16, mode=self.pad_mode)
+        s1 = self.enc1(xp)
+        s2 = self.enc2(F.max_pool2d(s1, 2))
+        s3 = self.enc3(F.max_pool2d(s2, 2))
+        e = self.enc4(F.max_pool2d(s3, 2))
+        base = base_logit = None
+        if self.crf is not None:  # learned per-image camera curve (crf_basis.py)
+            if self.out_domain == 'hdr_mu':  # display LDR -> linear (white 1) -> T-space
+                base = hdr_to_model(self.crf(xp, e, detach_curve), self.headroom)
+            else:  # T-space HDR -> linear (values above white clip) -> display LDR
+                base = self.crf(model_to_hdr(xp, self.headroom), e, detach_curve)
+        elif self.residual or self.gating or self.feedback_input:
+            base = output_domain_base(xp, self.out_domain, self.headroom)
+        if self.residual:
+            b = base.clamp(self.residual_eps, 1.0 - self.residual_eps)
+            base_logit = torch.log(b) - torch.log1p(-b)
+        return Encoding(xp, (s1, s2, s3), e, base, base_logit, size)
+
+    def _perception_maps(self, estimate: torch.Tensor, x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        """The maps of one estimate in the output domain (see :meth:`perceive`), with gradient."""
+        if self.out_domain == 'hdr_mu':
+            kwargs = _accepted(reconstruction_maps, self.perception_opt)
+            return reconstruction_maps(model_to_hdr(estimate, self.headroom), x, **kwargs).stack()
+        return heuristic_maps(estimate, base, **_accepted(heuristic_maps, self.perception_opt)).stack()
+
+    def perceive(self, enc: Encoding, estimate: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H', W')`` [artifact, over, under] maps of an estimate in the output domain (``enc.base`` at
+        iteration 0, the previous output after), judged against the input; without gradient when ``detach_maps``.
+
+        G_Y: :func:`~llmhdr_basicsr.perception.heuristic.reconstruction_maps` of the linear estimate against the LDR
+        input (re-rendered at the input's exposure); G_X: the display maps of
+        :func:`~llmhdr_basicsr.perception.heuristic.heuristic_maps` with the base as artifact reference.
+        """
         if self.detach_maps:
             with torch.no_grad():
-                return heuristic_maps(img.detach(), reference, **self.perception_opt).stack()
-        return heuristic_maps(img, reference, **self.perception_opt).stack()
+                return self._perception_maps(estimate.detach(), enc.x, enc.base)
+        return self._perception_maps(estimate, enc.x, enc.base)
 
+    def decode_step(
+        self,
+        enc: Encoding,
+        estimate: torch.Tensor,
+        maps: torch.Tensor | None,
+        state: tuple[torch.Tensor, torch.Tensor] | None,
+        guidance: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """One feedback iteration: the shared decoder on the encoding, the current estimate and its maps.
+
+        Args:
+            enc: the :class:`Encoding` of the input.
+            estimate: ``(N, 3, H', W')`` current estimate in the output domain (``enc.base`` at iteration 0); it
+                reaches the decoder with its gradient (``feedback_input``).
+            maps: ``(N, 3, H', W')`` [artifact, over, under] gating maps, or None (no gating).
+            state: ConvLSTM ``(h, c)`` of the previous iteration, or None at iteration 0.
+            guidance: ``(N, guidance_dim)`` FiLM guidance vector, or None.
+
+        Returns:
+            ``(y, state)``: ``y`` ``(N, num_out_ch, H', W')`` in (0, 1), the new estimate (padded size).
+        """
+        s1, s2, s3 = enc.skips
+        k1, k2, k3, u = s1, s2, s3, enc.bottleneck
+        if self.gating and maps is not None:
+            pyr = _map_pyramid(maps, 4)  # scales 1, 1/2, 1/4, 1/8 = s1, s2, s3, bottleneck
+            u = self.gate_af(u, pyr[3][:, 0:1])  # artifacts -> bottleneck ("Layer 4")
+            k1, k2, k3 = (gate(s, p[:, 2:3]) for gate, s, p in zip(self.gate_ux, (s1, s2, s3), pyr))  # under
+        if self.feedback_input:
+            fb_maps = maps if maps is not None else estimate.new_zeros(estimate.shape)
+            fb = self.feedback(torch.cat([estimate, fb_maps], dim=1))
+            k1 = k1 + fb
+            u = u + self.feedback_bottleneck(F.avg_pool2d(fb, 8))
+        if guidance is not None:
+            u = self.film(u, guidance)
+        hid, state = self.lstm(u, state)
+        bott = u + self.lstm_out(hid)
+        d3 = self.dec3(torch.cat([self.up3(bott), k3], dim=1))
+        if self.gating and maps is not None:
+            d3 = self.gate_ox(d3, pyr[2][:, 1:2])  # over-exposure -> level 3 ("Layer 3")
+        d2 = self.dec2(torch.cat([self.up2(d3), k2], dim=1))
+        d1 = self.dec1(torch.cat([self.up1(d2), k1], dim=1))
+        z = self.head(d1)
+        y = torch.sigmoid(z + enc.base_logit) if self.residual else torch.sigmoid(z)
+        return y, state
+
+    # ----------------------------------------------------------------------------------------------------------------
     def _guidance(self, guidance: Guidance, prev: torch.Tensor | None, n: int) -> torch.Tensor | None:
         if guidance is None:
             return None
@@ -296,7 +443,7 @@ class FeedbackUNet(nn.Module):
             raise ValueError(
                 f'FeedbackUNet: maps size {tuple(maps.shape[-2:])} differs from the input size {tuple(x.shape[-2:])}'
             )
-        return maps.to(x.dtype)
+        return pad_to_multiple(maps.to(x.dtype), 8, min_size=16, mode=self.pad_mode)[0]
 
     def forward(
         self,
@@ -306,7 +453,7 @@ class FeedbackUNet(nn.Module):
         return_all: bool = False,
         detach_curve: bool = False,
     ) -> torch.Tensor | list[torch.Tensor]:
-        """Reconstruct.
+        """Reconstruct: :meth:`encode` once, then ``num_iter`` times :meth:`perceive` and :meth:`decode_step`.
 
         Args:
             x: ``(N, 3, H, W)`` float, any H, W. For ``out_domain='hdr_mu'``: display-referred sRGB LDR in [0, 1];
@@ -315,8 +462,8 @@ class FeedbackUNet(nn.Module):
                 ``guidance(prev) -> (N, guidance_dim)`` called at every iteration with the previous output
                 (``(N, 3, H, W)`` in the output domain, cropped) or None at t = 0, e.g. concat(E(x), E(y_t)).
             maps: optional external ``(N, 3, H, W)`` [artifact, over, under] maps in [0, 1] (or a
-                :class:`PerceptionMaps`) at the input size, used at t = 0 instead of the heuristic (e.g. cached VLM
-                answers); later iterations always use the heuristic on ``y_{t-1}``. Ignored when ``gating=False``.
+                :class:`PerceptionMaps`) at the input size, used at t = 0 instead of :meth:`perceive` (e.g. cached VLM
+                answers about the input); later iterations always perceive ``y_{t-1}``. Ignored when ``gating=False``.
             return_all: return the list of all ``num_iter`` iteration outputs (the last equals the default output).
             detach_curve: with ``crf_basis``: this call trains everything but the camera-curve mixture weights (the
                 model keeps them to the virtual-camera cycle, ``train.curve_from_camera``).
@@ -326,55 +473,17 @@ class FeedbackUNet(nn.Module):
         """
         if x.dim() != 4 or x.size(1) != self.num_in_ch:
             raise ValueError(f'FeedbackUNet: expected input (N, {self.num_in_ch}, H, W), got {tuple(x.shape)}')
-        n = x.size(0)
-        xp, (h, w) = pad_to_multiple(x, 8, min_size=16, mode=self.pad_mode)
-
-        # encoder, once (the feedback loop only re-runs the decoder, method.md §2.1 "decoder inside the loop")
-        s1 = self.enc1(xp)
-        s2 = self.enc2(F.max_pool2d(s1, 2))
-        s3 = self.enc3(F.max_pool2d(s2, 2))
-        e = self.enc4(F.max_pool2d(s3, 2))
-
-        base = base_logit = None
-        if self.crf is not None:  # learned per-image camera curve (crf_basis.py)
-            if self.out_domain == 'hdr_mu':  # display LDR -> linear (white 1) -> T-space
-                base = hdr_to_model(self.crf(xp, e, detach_curve), self.headroom)
-            else:  # T-space HDR -> linear (values above white clip) -> display LDR
-                base = self.crf(model_to_hdr(xp, self.headroom), e, detach_curve)
-        elif self.residual or self.gating:
-            base = output_domain_base(xp, self.out_domain, self.headroom)
-        if self.residual:
-            b = base.clamp(self.residual_eps, 1.0 - self.residual_eps)
-            base_logit = torch.log(b) - torch.log1p(-b)
-        if self.gating:
-            if maps is not None:
-                m = pad_to_multiple(self._check_maps(maps, x), 8, min_size=16, mode=self.pad_mode)[0]
-            else:
-                m = self._maps(xp, None)  # t = 0: the input itself (display-like in both domains)
-
+        enc = self.encode(x, detach_curve)
+        h, w = enc.size
+        external = self._check_maps(maps, x) if (maps is not None and self.gating) else None
+        estimate, state, prev_out = enc.base, None, None
         outputs: list[torch.Tensor] = []
-        state = None  # (h, c) of the ConvLSTM: local to this call, never kept on the module
-        prev_full = prev_out = None
         for t in range(self.num_iter):
-            k1, k2, k3, u = s1, s2, s3, e
+            m = None
             if self.gating:
-                if t > 0:  # maps of the previous iteration's output, artifacts relative to the input base
-                    m = self._maps(prev_full, base)
-                pyr = _map_pyramid(m, 4)  # scales 1, 1/2, 1/4, 1/8 = s1, s2, s3, bottleneck
-                u = self.gate_af(e, pyr[3][:, 0:1])  # artifacts -> bottleneck ("Layer 4")
-                k1, k2, k3 = (gate(s, p[:, 2:3]) for gate, s, p in zip(self.gate_ux, (s1, s2, s3), pyr))  # under
-            g = self._guidance(guidance, prev_out, n)
-            if g is not None:
-                u = self.film(u, g)
-            hid, state = self.lstm(u, state)
-            bott = u + self.lstm_out(hid)
-            d3 = self.dec3(torch.cat([self.up3(bott), k3], dim=1))
-            if self.gating:
-                d3 = self.gate_ox(d3, pyr[2][:, 1:2])  # over-exposure -> level 3 ("Layer 3")
-            d2 = self.dec2(torch.cat([self.up2(d3), k2], dim=1))
-            d1 = self.dec1(torch.cat([self.up1(d2), k1], dim=1))
-            z = self.head(d1)
-            prev_full = torch.sigmoid(z + base_logit) if self.residual else torch.sigmoid(z)
-            prev_out = prev_full[..., :h, :w]
+                m = external if (t == 0 and external is not None) else self.perceive(enc, estimate)
+            guidance_t = self._guidance(guidance, prev_out, x.size(0))
+            estimate, state = self.decode_step(enc, estimate if self.feedback_input else None, m, state, guidance_t)
+            prev_out = estimate[..., :h, :w]
             outputs.append(prev_out)
         return outputs if return_all else outputs[-1]

@@ -1,6 +1,6 @@
-"""PatchGAN discriminator (CycleGAN / pix2pix ``NLayerDiscriminator``; method.md §4).
+"""PatchGAN discriminator (CycleGAN / pix2pix ``NLayerDiscriminator``).
 
-The paper does not describe its discriminators (method.md §4: only "D_X, D_Y -> Real/Fake"); this is the CycleGAN
+The paper does not describe its discriminators (its figure shows only "D_X, D_Y -> Real/Fake"); this is the CycleGAN
 reference default, ``netD=basic``, ``n_layers_D=3``, ``ndf=64``, a 70x70 PatchGAN::
 
     conv4x4 s2 (64)  LReLU 0.2
@@ -29,7 +29,7 @@ class PatchGANDiscriminator(nn.Module):
 
     Args:
         num_in_ch: input channels. D_Y sees HDR in the generator's output domain (mu-law-compressed normalised linear
-            HDR in [0, 1], method.md §4-5); D_X sees display-referred LDR in [0, 1]. 3 for RGB.
+            HDR in [0, 1]); D_X sees display-referred LDR in [0, 1]. 3 for RGB.
         num_feat: channels of the first conv (``ndf``); doubled per stride-2 layer up to ``8 * num_feat``.
         num_layers: number of stride-2 layers (``n_layers_D``; 3 = 70x70 receptive field).
         norm: ``'instance'`` (default), ``'batch'`` or ``'none'``; never applied after the first conv or to the output
