@@ -586,9 +586,12 @@ def ensure_cache_keys(model, batches: list[dict]) -> tuple[list[dict], str]:
     model.feed_data(batches[0])
     if getattr(model, 'ldr_global_view', None) is not None:
         return batches, 'from the dataset'
-    keys_of = getattr(model, '_crop_keys', None)
-    if keys_of is None:
-        return batches, 'unknown (the model has neither a whole-image LDR view nor _crop_keys)'
+    if not hasattr(model, 'ldr_keys'):
+        return batches, 'unknown (the model has neither a whole-image LDR view nor ldr_keys)'
+
+    def keys_of():
+        return model.ldr_keys
+
     if keys_of() is not None:
         return batches, 'from the dataset (per-crop ldr_key only: new crops miss the caches)'
     out = []
