@@ -56,7 +56,7 @@ def parse_hdr_norm(value: object, option: str = 'hdr_norm') -> float | None:
 
 
 def normalize_hdr_np(img: np.ndarray, percentile: float | None = DEFAULT_HDR_NORM) -> tuple[np.ndarray, float]:
-    """Scale one linear HDR image so that a percentile of its luminance maps to 1 (method.md §5, [INFERRED]).
+    """Scale one linear HDR image so that a percentile of its luminance maps to 1 (per-image scaling, as FHDR).
 
     Same semantics as :func:`llmhdr_basicsr.utils.tonemap.normalize_hdr` (Rec.709 luminance, linear-interpolated
     percentile, 100 = the maximum), with one guard added: when the percentile is 0 (an image that is black in more

@@ -1,4 +1,4 @@
-"""Tiled inference at full resolution and bounded memory, with tiles that agree (style.md A.3, A.7, B.3).
+"""Tiled inference at full resolution and bounded memory, with tiles that agree.
 
 Two layers:
 
@@ -13,7 +13,7 @@ Two layers:
   1. every ``nn.InstanceNorm2d`` call (the encoder's once, the decoder's ``num_iter`` times): instance norm divides
      by the mean/variance of *whatever image it sees*, so each tile would be normalised differently (different
      exposure and contrast per tile, visible as a patchwork);
-  2. the guidance vector (CLIP embedding of the input and of the previous output, method.md §2.3).
+  2. the guidance vector (CLIP embedding of the input and of the previous output).
 
   The ExpandNet recipe (``hdr-expandnet`` ``predict``: global branch once on a downscale, local branches on patches)
   is applied to both: one *global pass* runs the network on a copy of the whole image downscaled (antialiased
