@@ -7,7 +7,7 @@ import os
 
 from basicsr.test import test_pipeline
 
-import llmhdr_basicsr  # noqa: F401  (registers the plugin; also done by the start-up hook)
+import llmhdr_basicsr.plugin  # noqa: F401  (registers the plugin; also done by the start-up hook)
 
 
 def main() -> None:

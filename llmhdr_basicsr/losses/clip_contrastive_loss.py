@@ -37,11 +37,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from basicsr.utils.registry import LOSS_REGISTRY
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
 from llmhdr_basicsr.utils.ldr_view import LDR_VIEWS, LDRGlobalView, resolve_ldr_view
@@ -57,6 +55,10 @@ from llmhdr_basicsr.utils.weights import (
 )
 
 CLIP_ENV_VAR = 'LLMHDR_CLIP_CHECKPOINT'
+#: CLIP's image normalisation (``open_clip.constants.OPENAI_DATASET_MEAN`` / ``_STD``), used when a model config has
+#: no ``preprocess_cfg``. open_clip itself (with timm, about 1 s) is imported only when a loss is built.
+OPENAI_DATASET_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_DATASET_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def info_nce(
@@ -103,6 +105,8 @@ def register_open_clip_config(name: str, model_cfg: dict) -> None:
     Raises:
         ValueError: the config lacks a required key, or ``name`` is a built-in config with different content.
     """
+    import open_clip
+
     missing = [k for k in ('embed_dim', 'vision_cfg', 'text_cfg') if k not in model_cfg]
     if missing:
         raise ValueError(
@@ -229,6 +233,8 @@ class CLIPContrastiveLoss(nn.Module):
 
     @staticmethod
     def _build_image_tower(arch: str, image_size: int | None) -> nn.Module:
+        import open_clip
+
         if open_clip.get_model_config(arch) is None:
             raise ValueError(
                 f'CLIPContrastiveLoss: unknown open_clip architecture {arch!r} (train.clip_opt.arch); '
