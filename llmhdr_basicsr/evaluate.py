@@ -42,17 +42,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from llmhdr_basicsr.metrics.hdr_metric import (
-    ALIGN_MIN_REL,
+from llmhdr_basicsr.metrics.defaults import (  # the metric module imports basicsr: loaded after parsing
     ALIGN_MODES,
     CVVDP_DISPLAY,
     DEFAULT_ALIGN,
     DEFAULT_PEAK_NITS,
     DEFAULT_PERCENTILE,
-    HDR_METRICS,
-    MAX_PSNR,
-    align_scale,
-    compute_hdr_metrics,
 )
 from llmhdr_basicsr.utils.hdr_io import FLOAT_CAPABLE_EXTENSIONS, HDR_EXTENSIONS, list_images, read_hdr
 
@@ -128,6 +123,8 @@ class EvalSettings:
 
     def hdr_options(self) -> dict:
         """Options for :func:`compute_hdr_metrics`: only those that a selected metric accepts."""
+        from llmhdr_basicsr.metrics.hdr_metric import HDR_METRICS
+
         opts = dict(align=self.align, crop_border=self.crop_border, peak_nits=self.peak_nits,
                     percentile=self.percentile, display=self.display, device=self.device)  # fmt: skip
         accepted = set()
@@ -166,6 +163,8 @@ def score_pair(pred: np.ndarray, gt: np.ndarray, settings: EvalSettings) -> dict
     """
     if pred.shape != gt.shape:
         raise ValueError(f'shapes differ: prediction {pred.shape} vs ground truth {gt.shape}')
+    from llmhdr_basicsr.metrics.hdr_metric import HDR_METRICS, align_scale, compute_hdr_metrics
+
     hdr_names = [m for m in settings.metrics if m in HDR_METRICS]
     scores = {'gain': align_scale(pred.astype(np.float64), gt.astype(np.float64), settings.align)[1]}
     if hdr_names:
@@ -207,6 +206,7 @@ def _version(dist: str) -> str:
 
 def protocol_lines(settings: EvalSettings) -> list[tuple[str, str]]:
     """The header describing how the numbers were obtained."""
+    from llmhdr_basicsr.metrics.hdr_metric import ALIGN_MIN_REL, MAX_PSNR
     from llmhdr_basicsr.version import __version__
 
     align_text = {
@@ -323,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> EvalSettings:
+    from llmhdr_basicsr.metrics.hdr_metric import HDR_METRICS
     from llmhdr_basicsr.utils.device import select_device
 
     lpips_given = bool(args.lpips_weights or os.environ.get('LLMHDR_LPIPS_BACKBONE', '').strip())

@@ -53,13 +53,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import yaml
-from torch import nn
 
-from llmhdr_basicsr.utils.device import check_half, select_device
+from llmhdr_basicsr.utils.defaults import DEFAULT_OVERLAP, DEFAULT_TILE, PREVIEW_OPERATORS
 from llmhdr_basicsr.utils.hdr_io import (
     FLOAT_CAPABLE_EXTENSIONS,
     HDR_EXTENSIONS,
@@ -70,8 +68,10 @@ from llmhdr_basicsr.utils.hdr_io import (
     write_hdr,
     write_ldr,
 )
-from llmhdr_basicsr.utils.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, GlobalStatsTiler, downscale_to_area
-from llmhdr_basicsr.utils.tonemap import PREVIEW_OPERATORS, hdr_to_model, model_to_hdr, tonemap_preview
+
+if TYPE_CHECKING:  # torch (about 2 s to import) is imported where it is used, after the arguments are parsed
+    import torch
+    from torch import nn
 
 logger = logging.getLogger('llmhdr_basicsr.infer')
 
@@ -103,6 +103,8 @@ def save_inference_checkpoint(path: str, state_dict: dict, arch_opt: dict, param
     The file holds ``{param_key: state_dict, 'arch': {'type': NAME, 'kwargs': {...}}, 'version': str}``; only plain
     Python values and tensors, so ``torch.load(weights_only=True)`` reads it.
     """
+    import torch
+
     from llmhdr_basicsr.version import __version__
 
     arch_opt = dict(arch_opt)
@@ -129,6 +131,8 @@ def load_checkpoint(path: str, param_key: str = 'auto') -> tuple[dict, dict | No
     Raises:
         UsageError: file missing or unreadable, or the key absent (the message lists the keys present).
     """
+    import torch
+
     if not osp.isfile(path):
         raise UsageError(f'--weights {path!r} does not exist')
     try:
@@ -154,6 +158,8 @@ def load_checkpoint(path: str, param_key: str = 'auto') -> tuple[dict, dict | No
 
 
 def _read_option_file(path: str) -> dict:
+    import yaml
+
     if not osp.isfile(path):
         raise UsageError(f'-opt {path!r} does not exist')
     try:
@@ -167,21 +173,37 @@ def _read_option_file(path: str) -> dict:
 
 
 def build_arch(arch_opt: dict, source: str) -> nn.Module:
-    """Build a registered architecture from ``{'type': NAME, **kwargs}``; errors name ``source``."""
-    from basicsr.utils.registry import ARCH_REGISTRY
+    """Build a registered architecture from ``{'type': NAME, **kwargs}``; errors name ``source``.
 
+    The classical operators of :mod:`llmhdr_basicsr.archs.itmo_baseline_arch` are built without importing BasicSR
+    (several seconds of start-up); every other name is looked up in BasicSR's ``ARCH_REGISTRY``.
+    """
     opt = dict(arch_opt)
     name = opt.pop('type', None)
     if not name:
         raise UsageError(f'{source}: the network block has no "type"')
-    if name not in ARCH_REGISTRY:
-        raise UsageError(
-            f'{source}: unknown architecture {name!r}; registered: {", ".join(sorted(ARCH_REGISTRY.keys()))}'
-        )
+    cls = _baseline_class(name)
+    if cls is None:
+        from basicsr.utils.registry import ARCH_REGISTRY
+
+        if name not in ARCH_REGISTRY:
+            raise UsageError(
+                f'{source}: unknown architecture {name!r}; registered: {", ".join(sorted(ARCH_REGISTRY.keys()))}'
+            )
+        cls = ARCH_REGISTRY.get(name)
     try:
-        return ARCH_REGISTRY.get(name)(**opt)
+        return cls(**opt)
     except (TypeError, ValueError) as err:
         raise UsageError(f'{source}: cannot build {name} with {opt}: {err}') from err
+
+
+def _baseline_class(name: str) -> type | None:
+    """The classical iTMO class called ``name`` (``LinearizeITMO``, ``AkyuzITMO``, ...), or None."""
+    from llmhdr_basicsr.archs import itmo_baseline_arch as itmo
+
+    cls = getattr(itmo, name, None)
+    is_operator = isinstance(cls, type) and issubclass(cls, itmo._ITMOBase) and cls is not itmo._ITMOBase
+    return cls if is_operator else None
 
 
 @dataclass
@@ -322,7 +344,7 @@ class Reconstructor:
         loaded: the network (:func:`load_network`).
         direction: ``'ldr2hdr'`` or ``'hdr2ldr'``.
         device: where it runs; the image stays on the CPU when tiling.
-        dtype: float32, or float16 on a GPU.
+        dtype: float32 (default, None), or float16 on a GPU.
         tile: tile edge (0 = whole image in one call).
         overlap: tile overlap.
         global_size: the global-statistics pass sees at most ``global_size ** 2`` pixels (None = ``tile``; <= 0 =
@@ -337,7 +359,7 @@ class Reconstructor:
         loaded: LoadedNetwork,
         direction: str,
         device: torch.device,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
         tile: int = DEFAULT_TILE,
         overlap: int = DEFAULT_OVERLAP,
         global_size: int | None = None,
@@ -345,6 +367,11 @@ class Reconstructor:
         guidance_encoder=None,
         progress: bool = False,
     ) -> None:
+        import torch
+
+        from llmhdr_basicsr.utils.tiling import GlobalStatsTiler
+
+        dtype = torch.float32 if dtype is None else dtype
         self.loaded, self.direction, self.device, self.dtype = loaded, direction, device, dtype
         self.net = loaded.net.to(device=device, dtype=dtype)
         self.headroom = float(getattr(self.net, 'headroom', 0.0) or 0.0)
@@ -369,11 +396,17 @@ class Reconstructor:
 
     # conversions between file values and the network's domains (shared with CycleHDRModel.to_linear / to_model_hdr)
     def _to_linear(self, y: torch.Tensor) -> torch.Tensor:
+        from llmhdr_basicsr.utils.tonemap import model_to_hdr
+
         if self.out_domain == 'linear':
             return y.clamp(min=0)
         return model_to_hdr(y, self.headroom)
 
     def _guidance(self, x: torch.Tensor):
+        import torch
+
+        from llmhdr_basicsr.utils.tiling import downscale_to_area
+
         enc = self.guidance_encoder
         if enc is None:
             return None
@@ -397,6 +430,10 @@ class Reconstructor:
         Returns:
             ``(H, W, 3)`` float32: linear HDR, relative scale (1 = normalisation white), or display-referred LDR.
         """
+        import torch
+
+        from llmhdr_basicsr.utils.tonemap import hdr_to_model
+
         x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None]
         if self.direction == 'hdr2ldr':
             from llmhdr_basicsr.data.hdr_transforms import normalize_hdr_np
@@ -588,7 +625,9 @@ def _validate(args: argparse.Namespace) -> None:
 
 def make_handler(args: argparse.Namespace, rec: Reconstructor) -> Callable[[str, str], list[str]]:
     """The per-file function of :func:`process_files` for a network run."""
-    from llmhdr_basicsr.metrics.hdr_metric import absolute_scale
+    import torch
+
+    from llmhdr_basicsr.utils.tonemap import tonemap_preview
 
     def handle(path: str, stem: str) -> list[str]:
         img, is_hdr = read_image(path)
@@ -600,6 +639,8 @@ def make_handler(args: argparse.Namespace, rec: Reconstructor) -> Callable[[str,
             check_not_input(target, path)
             hdr = rec(img)
             if args.scale == 'absolute':
+                from llmhdr_basicsr.metrics.hdr_metric import absolute_scale  # imports basicsr: only when needed
+
                 hdr = hdr * np.float32(absolute_scale(hdr, args.peak_nits, args.percentile))
             write_hdr(target, hdr)
             written = [target]
@@ -628,6 +669,8 @@ def print_header(lines: list[tuple[str, str]]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``llmhdr-infer`` with parsed arguments; returns the exit status (raises :class:`UsageError`)."""
+    from llmhdr_basicsr.utils.device import check_half, select_device
+
     _validate(args)
     device = select_device(args.device)
     dtype = check_half(device, args.half)
