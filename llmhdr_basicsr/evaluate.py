@@ -123,6 +123,7 @@ class EvalSettings:
 
     def hdr_options(self) -> dict:
         """Options for :func:`compute_hdr_metrics`: only those that a selected metric accepts."""
+        import llmhdr_basicsr.plugin  # noqa: F401  (basicsr before hdr_metric, which imports it)
         from llmhdr_basicsr.metrics.hdr_metric import HDR_METRICS
 
         opts = dict(align=self.align, crop_border=self.crop_border, peak_nits=self.peak_nits,
@@ -163,6 +164,7 @@ def score_pair(pred: np.ndarray, gt: np.ndarray, settings: EvalSettings) -> dict
     """
     if pred.shape != gt.shape:
         raise ValueError(f'shapes differ: prediction {pred.shape} vs ground truth {gt.shape}')
+    import llmhdr_basicsr.plugin  # noqa: F401  (basicsr before hdr_metric, which imports it)
     from llmhdr_basicsr.metrics.hdr_metric import HDR_METRICS, align_scale, compute_hdr_metrics
 
     hdr_names = [m for m in settings.metrics if m in HDR_METRICS]
@@ -206,6 +208,7 @@ def _version(dist: str) -> str:
 
 def protocol_lines(settings: EvalSettings) -> list[tuple[str, str]]:
     """The header describing how the numbers were obtained."""
+    import llmhdr_basicsr.plugin  # noqa: F401  (basicsr before hdr_metric, which imports it)
     from llmhdr_basicsr.metrics.hdr_metric import ALIGN_MIN_REL, MAX_PSNR
     from llmhdr_basicsr.version import __version__
 
@@ -323,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> EvalSettings:
+    import llmhdr_basicsr.plugin  # noqa: F401  (basicsr before hdr_metric, which imports it)
     from llmhdr_basicsr.metrics.hdr_metric import HDR_METRICS
     from llmhdr_basicsr.utils.device import select_device
 
@@ -353,6 +357,7 @@ def _settings(args: argparse.Namespace) -> EvalSettings:
         except (FileNotFoundError, ValueError) as err:
             raise UsageError(str(err)) from err
     if 'cvvdp' in metrics:
+        import llmhdr_basicsr.plugin  # noqa: F401  (basicsr before hdr_metric, which imports it)
         from llmhdr_basicsr.metrics.hdr_metric import get_cvvdp
 
         try:

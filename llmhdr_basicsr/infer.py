@@ -9,7 +9,8 @@ Usage::
 (also ``python -m llmhdr_basicsr.infer``). Every input keeps its name: ``<stem><suffix>.exr`` (linear HDR) and
 ``<stem><suffix>_<preview>.png`` (a tone-mapped 8-bit preview next to it, style.md A.7, B.5) for LDR->HDR;
 ``<stem><suffix>.png`` (8 or 16 bit) for HDR->LDR. Unreadable files are skipped with a warning and listed at the end;
-the exit status is 0 when at least one image was written, 1 when none was, 2 for a usage or set-up error.
+the exit status is 0 when every input was written, 1 when any was skipped (the others are still written), 2 for a
+usage or set-up error.
 
 Which network (first match wins; a checkpoint and an option file that disagree are not mixed silently):
 
@@ -286,11 +287,36 @@ def load_network(
             f'{arch_opt["type"]} ({source}) has {n_params} parameters but no weights were given: pass --weights '
             '(or set path.pretrain_network_* in the option file)'
         )
-    _check_direction(net, direction, arch_opt['type'], weights)
+    _check_direction(net, direction, arch_opt['type'], weights, arch_ckpt)
     return LoadedNetwork(net.eval().float(), arch_opt['type'], source, weights, used, arch_opt, option_file)
 
 
-def _check_direction(net: nn.Module, direction: str, name: str, weights: str | None) -> None:
+def _check_direction(
+    net: nn.Module, direction: str, name: str, weights: str | None, ckpt_arch: dict | None = None
+) -> None:
+    """Refuse a network (or a checkpoint) of the other direction, with what to give instead.
+
+    The checkpoint's own ``arch`` entry decides (its ``out_domain``); a checkpoint without one is judged by the
+    BasicSR file name (``net_g_*.pth`` = G_Y, ``net_g_hdr2ldr_*.pth`` = G_X). Weights of G_Y load into G_X's
+    architecture without complaint (same layers), so the file name is all there is then.
+    """
+    base = osp.basename(str(weights or ''))
+    trained = (ckpt_arch or {}).get('kwargs', {}).get('out_domain') if ckpt_arch else None
+    if weights and ckpt_arch is not None and trained is None and ckpt_arch.get('type') == 'FeedbackUNet':
+        trained = 'hdr_mu'  # FeedbackUNet's default output domain
+    if trained is None and weights:
+        trained = 'ldr' if base.startswith('net_g_hdr2ldr') else ('hdr_mu' if base.startswith('net_g_') else None)
+    if direction == 'hdr2ldr' and trained is not None and trained != 'ldr':
+        raise UsageError(
+            f'{weights} holds the LDR->HDR generator G_Y (out_domain {trained!r}); tone mapping needs the HDR->LDR '
+            'generator G_X: give --weights experiments/<name>/models/net_g_hdr2ldr_<iter|latest>.pth (or '
+            'llmhdr-infer for LDR->HDR)'
+        )
+    if direction == 'ldr2hdr' and trained == 'ldr':
+        raise UsageError(
+            f'{weights} holds the HDR->LDR generator G_X (out_domain ldr); LDR->HDR needs G_Y: give --weights '
+            'experiments/<name>/models/net_g_<iter|latest>.pth (or llmhdr-tonemap / --direction hdr2ldr to tone-map)'
+        )
     out_domain = getattr(net, 'out_domain', None)
     if direction == 'ldr2hdr' and out_domain not in (None, 'hdr_mu', 'linear'):
         raise UsageError(
@@ -302,11 +328,6 @@ def _check_direction(net: nn.Module, direction: str, name: str, weights: str | N
             f'{name} has out_domain={out_domain!r}; --direction hdr2ldr needs the HDR->LDR generator '
             '(network_g_hdr2ldr with out_domain: ldr, checkpoint net_g_hdr2ldr_*.pth)'
         )
-    base = osp.basename(str(weights or ''))
-    if direction == 'hdr2ldr' and base.startswith('net_g_') and not base.startswith('net_g_hdr2ldr'):
-        logger.warning(f'{base} looks like an LDR->HDR checkpoint; --direction hdr2ldr expects net_g_hdr2ldr_*.pth')
-    if direction == 'ldr2hdr' and base.startswith('net_g_hdr2ldr'):
-        logger.warning(f'{base} looks like an HDR->LDR checkpoint; --direction ldr2hdr expects net_g_*.pth')
 
 
 def _guidance_encoder(loaded: LoadedNetwork, clip_checkpoint: str | None, device: torch.device):
@@ -523,7 +544,10 @@ def process_files(
 
 
 def report(summary: RunSummary, n_inputs: int, out_dir: str) -> int:
-    """Print the end-of-run summary; return the exit status (0 if anything was written, else 1)."""
+    """Print the end-of-run summary; return the exit status (0 when every input was written, 1 when any was skipped).
+
+    A batch job must notice a skipped file, as with ``cp`` or ``convert``: the skipped ones are listed by name.
+    """
     n_ok = n_inputs - len(summary.failed)
     per = f', {summary.seconds / max(n_ok, 1):.2f} s/image' if n_ok else ''
     print(f'Done: {n_ok} of {n_inputs} image(s) written to {out_dir}{per}.')
@@ -531,7 +555,8 @@ def report(summary: RunSummary, n_inputs: int, out_dir: str) -> int:
         print(f'Skipped {len(summary.failed)} file(s):')
         for path, reason in summary.failed:
             print(f'  {path}: {reason}')
-    return 0 if n_ok > 0 else 1
+        return 1
+    return 0
 
 
 def check_not_input(out_path: str, in_path: str) -> None:
@@ -639,7 +664,8 @@ def make_handler(args: argparse.Namespace, rec: Reconstructor) -> Callable[[str,
             check_not_input(target, path)
             hdr = rec(img)
             if args.scale == 'absolute':
-                from llmhdr_basicsr.metrics.hdr_metric import absolute_scale  # imports basicsr: only when needed
+                import llmhdr_basicsr.plugin  # noqa: F401  (basicsr before hdr_metric, which imports it)
+                from llmhdr_basicsr.metrics.hdr_metric import absolute_scale
 
                 hdr = hdr * np.float32(absolute_scale(hdr, args.peak_nits, args.percentile))
             write_hdr(target, hdr)

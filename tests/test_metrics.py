@@ -234,3 +234,14 @@ def test_cvvdp_cuda_matches_cpu():
     pred = _noisy(gt, 0.1, seed=21)
     cpu = hm.calculate_cvvdp(pred, gt, device='cpu')
     assert hm.calculate_cvvdp(pred, gt, device='cuda') == pytest.approx(cpu, abs=1e-3)
+
+
+def test_cvvdp_dark_scene_notice_is_not_shown(caplog):
+    """A mostly black scene has a mean below 1 cd/m²: pycvvdp's "mean color value is less than 1" notice (logged
+    per image by pycvvdp.video_source) must not reach the user; the score is unaffected."""
+    gt = np.full((48, 48, 3), 1e-4, np.float32)
+    gt[20:22, 20:22] = 5.0
+    with caplog.at_level(logging.WARNING):
+        score = hm.calculate_cvvdp(gt, gt.copy())
+    assert score == pytest.approx(10.0, abs=1e-3)
+    assert not any('mean color value' in r.getMessage() for r in caplog.records)
