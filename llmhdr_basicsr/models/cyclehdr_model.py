@@ -68,6 +68,7 @@ from tqdm import tqdm
 from llmhdr_basicsr.models.image_pool import ImagePool
 from llmhdr_basicsr.models.lr_scheduler import build_scheduler
 from llmhdr_basicsr.perception.heuristic import heuristic_maps
+from llmhdr_basicsr.utils.checkpoint_arch import network_opt_from_checkpoint
 from llmhdr_basicsr.utils.fileio import atomic_write
 from llmhdr_basicsr.utils.hdr_io import write_hdr, write_ldr
 from llmhdr_basicsr.utils.ldr_view import LDRGlobalView
@@ -132,6 +133,7 @@ class CycleHDRModel(BaseModel):
     # ------------------------------------------------------------------------------------------------ construction
     def _build(self, name: str):
         key = f'network_{name}'
+        self.opt[key] = network_opt_from_checkpoint(self.opt, name)  # completed from the checkpoint's 'arch' entry
         try:
             net = build_network(self.opt[key])
         except TypeError as err:  # unknown / misspelt constructor option
