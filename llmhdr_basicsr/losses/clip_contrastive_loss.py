@@ -147,8 +147,8 @@ class CLIPContrastiveLoss(nn.Module):
             QuickGELU: use ``'ViT-B-32-quickgelu'`` with them. Default: ``'ViT-B-32'``.
         checkpoint: local open_clip checkpoint (``.pt``/``.bin``/``.pth``/``.safetensors``, full CLIP or image tower
             only; OpenAI TorchScript ``.pt`` files work too). None: use ``$LLMHDR_CLIP_CHECKPOINT``.
-        allow_missing: with no checkpoint configured, switch the loss off (``enabled = False``, one warning, forward
-            returns 0) instead of raising FileNotFoundError. A configured path that does not exist still raises.
+        allow_missing: with no checkpoint configured, or one that does not exist or cannot be loaded, switch the
+            loss off (``enabled = False``, one warning naming the file, forward returns 0) instead of raising.
         random_weights: build the architecture with random weights and load nothing (tests, timing).
         model_cfg: custom open_clip config registered under ``arch`` (tests: the tiny config of
             offline-assets.md §4).
@@ -203,26 +203,36 @@ class CLIPContrastiveLoss(nn.Module):
         if model_cfg is not None:
             register_open_clip_config(arch, dict(model_cfg))
         if not random_weights:
-            self.checkpoint = resolve_weights(
-                checkpoint,
-                CLIP_ENV_VAR,
-                f'CLIP checkpoint for {arch}',
-                f'set train.clip_opt.checkpoint or {CLIP_ENV_VAR} to a local open_clip .pt/.bin/.safetensors file '
-                f"(e.g. the 'openai' ViT-B-32 weights, with arch 'ViT-B-32-quickgelu'), or set "
-                f'train.clip_opt.allow_missing: true to train without L_con',
-                allow_missing=allow_missing,
-            )
-            if self.checkpoint is None:
-                self.enabled = False
-                warn_disabled(
-                    'CLIPContrastiveLoss (L_con)',
-                    f'no CLIP checkpoint configured; set train.clip_opt.checkpoint or {CLIP_ENV_VAR} to enable it',
+            try:
+                self.checkpoint = resolve_weights(
+                    checkpoint,
+                    CLIP_ENV_VAR,
+                    f'CLIP checkpoint for {arch}',
+                    f'set train.clip_opt.checkpoint or {CLIP_ENV_VAR} to a local open_clip .pt/.bin/.safetensors '
+                    f"file (e.g. the 'openai' ViT-B-32 weights, with arch 'ViT-B-32-quickgelu'), or set "
+                    f'train.clip_opt.allow_missing: true to train without L_con',
+                    allow_missing=allow_missing,
                 )
+            except FileNotFoundError as err:  # a configured path that does not exist
+                if not allow_missing:
+                    raise
+                self._disable(f'{err} (allow_missing: true)')
+                return
+            if self.checkpoint is None:
+                self._disable(f'no CLIP checkpoint configured; set train.clip_opt.checkpoint or {CLIP_ENV_VAR} to '
+                              'enable it')  # fmt: skip
                 return
 
         self.encoder = self._build_image_tower(arch, image_size)
         if self.checkpoint is not None:
-            self._load_checkpoint(self.checkpoint)
+            try:
+                self._load_checkpoint(self.checkpoint)
+            except ValueError as err:  # not a checkpoint, or one of another architecture
+                if not allow_missing:
+                    raise
+                self.encoder = None
+                self._disable(f'{err} (allow_missing: true)')
+                return
         freeze_module(self.encoder)
         pre = getattr(self.encoder, 'preprocess_cfg', None) or {}
         size = self.encoder.image_size
@@ -230,6 +240,12 @@ class CLIPContrastiveLoss(nn.Module):
         self.embed_dim = int(self.encoder.output_dim)
         self.register_buffer('mean', torch.tensor(pre.get('mean', OPENAI_DATASET_MEAN)).view(1, 3, 1, 1), False)
         self.register_buffer('std', torch.tensor(pre.get('std', OPENAI_DATASET_STD)).view(1, 3, 1, 1), False)
+
+    def _disable(self, reason: str) -> None:
+        """Switch the loss off with its one warning (``allow_missing``)."""
+        self.enabled = False
+        self.checkpoint = None
+        warn_disabled('CLIPContrastiveLoss (L_con)', reason)
 
     @staticmethod
     def _build_image_tower(arch: str, image_size: int | None) -> nn.Module:
