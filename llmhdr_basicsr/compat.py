@@ -18,6 +18,10 @@ BasicSR already behaves (a BasicSR checkout, a GPU machine):
   in one line ``error: <option>: <problem> — <what to do>`` with exit status 1 instead of a traceback
   (:mod:`~llmhdr_basicsr.utils.errors`; ``--debug`` or ``LLMHDR_TRACEBACK=1`` shows the traceback), also for a
   checkpoint that does not fit its network (``BaseModel.load_network``);
+- the training loop (:mod:`~llmhdr_basicsr.utils.train_hooks`): a progress line at least every
+  ``logger.print_seconds`` (30) with a correct ETA and the learning rates in tensorboard, loader workers capped at the
+  CPU count, and an exact ``--auto_resume`` (random state and data position restored, leftovers of an interrupted
+  checkpoint save removed: :mod:`~llmhdr_basicsr.utils.rng_state`, :mod:`~llmhdr_basicsr.utils.resume_files`).
 """
 
 from __future__ import annotations
@@ -37,10 +41,10 @@ import basicsr.utils.options as _bsr_options  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from basicsr.models.base_model import BaseModel  # noqa: E402
-from basicsr.utils import check_resume, scandir  # noqa: E402
+from basicsr.utils import check_resume  # noqa: E402
 from basicsr.utils.registry import Registry  # noqa: E402
 
-from llmhdr_basicsr.utils import errors, option_check  # noqa: E402
+from llmhdr_basicsr.utils import errors, option_check, resume_files, train_hooks  # noqa: E402
 
 _PATCHED_FLAG = '_llmhdr_basicsr_patched'
 BASICSR_PARENT = osp.dirname(osp.dirname(osp.abspath(basicsr.__file__)))
@@ -59,12 +63,10 @@ def load_resume_state(opt: dict) -> dict | None:
     """
     resume_state_path = None
     if opt.get('auto_resume'):
-        state_dir = osp.join(opt['path']['experiments_root'], 'training_states')
-        if osp.isdir(state_dir):
-            states = [int(float(v[: -len('.state')])) for v in scandir(state_dir, suffix='.state', recursive=False)]
-            if states:
-                resume_state_path = osp.join(state_dir, f'{max(states)}.state')
-                opt['path']['resume_state'] = resume_state_path
+        # only '<iter>.state' names: an interrupted save may have left '.tmp_*.state' (removed below)
+        resume_state_path = resume_files.latest_state(osp.join(opt['path']['experiments_root'], 'training_states'))
+        if resume_state_path is not None:
+            opt['path']['resume_state'] = resume_state_path
     elif opt['path'].get('resume_state'):
         resume_state_path = opt['path']['resume_state']
     if resume_state_path is None:
@@ -79,6 +81,8 @@ def load_resume_state(opt: dict) -> dict | None:
     except Exception as err:  # a truncated file names itself instead of failing deep inside torch
         raise RuntimeError(f'Cannot load resume state {resume_state_path}: {err}') from err
     check_resume(opt, state['iter'])
+    if opt.get('auto_resume') and opt.get('rank', 0) == 0:
+        train_hooks.NOTES.extend(resume_files.clean_interrupted_save(opt['path']['experiments_root'], state['iter']))
     return state
 
 
@@ -191,6 +195,7 @@ def apply() -> None:
         option_check.check_option_file(sys.argv[1:])
         opt, args = original_parse(reroot(root_path), is_train)
         option_check.check_options(opt, is_train)
+        (train_hooks.install if is_train else train_hooks.install_test)(opt)
         return opt, args
 
     parse_options.__doc__ = original_parse.__doc__

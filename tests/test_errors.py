@@ -102,6 +102,7 @@ def _cases(root: Path, opt: dict) -> dict[str, tuple[str, list[str], list[str]]]
                            ['datasets.train.batch_size_per_gpu', '0']),
         'bad total_iter': (train, _set(opt, 'train.total_iter', 'many'), ['train.total_iter', "'many'"]),
         'bad num_gpu': (train, _set(opt, 'num_gpu', 'two'), ['num_gpu', "'two'"]),
+        'bad crop size': (train, _set(opt, 'datasets.train.crop_size', -3), ['datasets.train', 'crop_size', '-3']),
         'bad seed': (train, _set(opt, 'manual_seed', 'x'), ['manual_seed', "'x'"]),
         'missing name': (train, _set(opt, 'name', KeyError), ['name', 'missing']),
         'clip checkpoint missing': (train, _set(opt, 'train.clip_opt', {'type': 'CLIPContrastiveLoss',

@@ -68,6 +68,7 @@ from tqdm import tqdm
 from llmhdr_basicsr.models.image_pool import ImagePool
 from llmhdr_basicsr.models.lr_scheduler import build_scheduler
 from llmhdr_basicsr.perception.heuristic import heuristic_maps
+from llmhdr_basicsr.utils import rng_state
 from llmhdr_basicsr.utils.checkpoint_arch import network_opt_from_checkpoint
 from llmhdr_basicsr.utils.fileio import atomic_write
 from llmhdr_basicsr.utils.hdr_io import write_hdr, write_ldr
@@ -654,9 +655,11 @@ class CycleHDRModel(BaseModel):
         }
         if self.amp_dtype is torch.float16:
             state['scaler'] = self.scaler.state_dict()
+        state.update(rng_state.training_state_extras(self))  # random state, data position, image pools: exact resume
         self._atomic_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
 
     def resume_training(self, resume_state):
         super().resume_training(resume_state)
+        rng_state.restore_training_extras(self, resume_state)
         if 'scaler' in resume_state and self.amp_dtype is torch.float16:
             self.scaler.load_state_dict(resume_state['scaler'])
