@@ -255,7 +255,7 @@ def _check_datasets(opt: dict, is_train: bool, cyclehdr: bool) -> None:
         if phase == 'train':
             _positive(block.get('batch_size_per_gpu'), f'{where}.batch_size_per_gpu', integer=True)
             _positive(block.get('num_worker_per_gpu', 0), f'{where}.num_worker_per_gpu', integer=True, zero_ok=True)
-            _positive(block.get('dataset_enlarge_ratio', 1), f'{where}.dataset_enlarge_ratio', integer=True)
+            _positive(block.get('dataset_enlarge_ratio', 1), f'{where}.dataset_enlarge_ratio')
             if block.get('prefetch_mode') not in (None, 'cpu', 'cuda'):
                 raise OptionError(f'{where}.prefetch_mode: {block["prefetch_mode"]!r} — use ~ (none), cpu or cuda')
 
@@ -349,11 +349,9 @@ def _check_val(opt: dict, cyclehdr: bool, is_train: bool) -> None:
     from basicsr.utils.registry import METRIC_REGISTRY
 
     val = opt.get('val')
-    if val is None:
+    if val is None:  # training without a val block skips validation (BasicSR's behaviour)
         if not is_train:
             raise OptionError('val: missing — test.py needs a val block (at least save_img: true)')
-        if any(name.startswith('val') for name in opt.get('datasets') or {}):
-            raise OptionError('val: missing — the datasets.val* blocks need a val block (val_freq, save_img, ...)')
         return
     if not isinstance(val, Mapping):
         raise OptionError(f'val: expected a block of validation options, got {val!r}')
