@@ -9,8 +9,8 @@ line on stderr:
   which names the option or file and says what to put there;
 - other exceptions are condensed (:func:`one_line`): the message of a DataLoader worker's exception instead of its
   embedded traceback, the first line of ``load_state_dict``'s list of keys, a YAML error with its position, ...;
-  exceptions that look like bugs rather than mistakes (``AttributeError``, ``NameError``, ...) are labelled
-  ``internal error`` and keep their type name.
+  exceptions that look like bugs rather than mistakes (``AttributeError``, ``NameError``) are labelled
+  ``internal error`` and keep their type name, as do types whose message alone may not say what failed.
 
 The full traceback is still written to the experiment's log file when BasicSR has opened one, and to the terminal
 with ``--debug`` (BasicSR's flag) or ``LLMHDR_TRACEBACK=1``. Ctrl-C ends with ``interrupted`` and status 130.
@@ -31,7 +31,11 @@ from collections.abc import Callable
 
 TRACEBACK_ENV = 'LLMHDR_TRACEBACK'
 #: Exception types that are (almost always) programming errors: reported as "internal error", type name kept.
-BUG_TYPES = (AttributeError, NameError, AssertionError, ImportError, NotImplementedError, IndexError, UnboundLocalError)
+BUG_TYPES = (AttributeError, NameError, UnboundLocalError)
+#: Types whose message says it all (the plugin's, BasicSR's and torch's messages for bad options, files and values);
+#: any other type keeps its name in front of the message.
+MESSAGE_TYPES = (ValueError, TypeError, RuntimeError, OSError, KeyError, ImportError, FloatingPointError,
+                 NotImplementedError, AssertionError)  # fmt: skip
 
 
 class OptionError(ValueError):
@@ -82,7 +86,10 @@ def one_line(exc: BaseException) -> str:
         elif isinstance(exc, KeyError) and isinstance(exc.args[0], str) and re.fullmatch(r'\w+', exc.args[0]):
             text = f'option {exc.args[0]!r} is missing'
         if isinstance(exc, BUG_TYPES):
-            text = f'internal error: {type(exc).__name__}: {text}'
+            text = (f'internal error: {type(exc).__name__}: {text} (a bug? rerun with {TRACEBACK_ENV}=1 and report '
+                    'the traceback)')  # fmt: skip
+        elif not isinstance(exc, MESSAGE_TYPES) and inner is None and not text.startswith('option file is not'):
+            text = f'{type(exc).__name__}: {text}' if text else type(exc).__name__
     text = ' '.join(text.split()) or type(exc).__name__
     return text if len(text) <= 600 else text[:597] + '...'
 

@@ -10,6 +10,8 @@ replaces them there with
   random numbers (:func:`~llmhdr_basicsr.utils.rng_state.preserved_rng_state`);
 - :class:`~llmhdr_basicsr.utils.rng_state.ResumablePrefetcher` / :class:`~llmhdr_basicsr.utils.rng_state.
   ResumableSampler` (a resumed run continues the interrupted epoch batch for batch);
+- a ``build_dataset`` whose option errors name the dataset block (``datasets.train: option crop_size ...``; also in
+  ``basicsr.test``, :func:`install_test`);
 
 and caps the training loader's workers at the CPUs this process may use (:func:`cap_workers`). Messages that arise
 before BasicSR's logger exists (it must be created first) are kept in :data:`NOTES` and logged when the model is
