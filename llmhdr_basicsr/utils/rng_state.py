@@ -19,8 +19,10 @@ adds what is missing:
 ``resume_training`` call; :mod:`llmhdr_basicsr.utils.train_hooks` installs the prefetcher and sampler in BasicSR's
 training loop and keeps validation from consuming random numbers (:func:`preserved_rng_state`).
 
-Exact with BasicSR's default loader settings (``prefetch_mode: ~``, ``persistent_workers: false``); with
-``prefetch_mode: cpu`` (a loader thread) or persistent workers the resumed run is statistically equivalent only.
+Exact for one training process with BasicSR's default loader settings (``prefetch_mode: ~``,
+``persistent_workers: false``); with ``prefetch_mode: cpu`` (a loader thread) or persistent workers the resumed run is
+statistically equivalent only. Distributed runs save rank 0's state only, so their ranks resume as in BasicSR
+(nothing restored: every rank keeps its own seed instead of taking rank 0's random streams).
 """
 
 from __future__ import annotations
@@ -166,8 +168,13 @@ def restore_training_extras(model, resume_state: dict) -> None:
     """Undo :func:`training_state_extras` on resume (``model.resume_training`` calls it; older states lack the keys).
 
     The image pools are restored at once; the random state is restored at once too (for use outside BasicSR's loop)
-    and again by :class:`ResumablePrefetcher` once the data loader stands where the checkpoint was taken.
+    and again by :class:`ResumablePrefetcher` once the data loader stands where the checkpoint was taken. Nothing is
+    restored in a distributed run (the state is rank 0's).
     """
+    from basicsr.utils.dist_util import get_dist_info
+
+    if get_dist_info()[1] > 1:
+        return
     for name, pool_state in (resume_state.get('image_pools') or {}).items():
         pool = getattr(model, name, None)
         if pool is not None:
