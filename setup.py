@@ -85,7 +85,7 @@ setup(
     ],
     extras_require={'test': ['pytest', 'ruff'], 'dev': ['pytest', 'ruff', 'pre-commit']},
     entry_points={
-        'basicsr.plugins': ['llmhdr_basicsr = llmhdr_basicsr'],
+        'basicsr.plugins': ['llmhdr_basicsr = llmhdr_basicsr.plugin'],
         'console_scripts': [
             'llmhdr-train = llmhdr_basicsr.train:main',
             'llmhdr-test = llmhdr_basicsr.test:main',

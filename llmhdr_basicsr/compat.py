@@ -13,7 +13,15 @@ BasicSR already behaves (a BasicSR checkout, a GPU machine):
 - ``--local-rank`` (torch.distributed.launch spelling) is accepted as ``--local_rank``;
 - ``--launcher pytorch`` on a machine without CUDA: BasicSR divides by ``torch.cuda.device_count()`` and asks for
   NCCL; here the process group falls back to gloo on CPU (so multi-process training is testable on CPU);
-- registry look-ups that fail name the registry, the closest matches and every available name.
+- registry look-ups that fail name the registry, the closest matches and every available name;
+- option files are checked before anything is built (:mod:`~llmhdr_basicsr.utils.option_check`), and a mistake ends
+  in one line ``error: <option>: <problem> — <what to do>`` with exit status 1 instead of a traceback
+  (:mod:`~llmhdr_basicsr.utils.errors`; ``--debug`` or ``LLMHDR_TRACEBACK=1`` shows the traceback), also for a
+  checkpoint that does not fit its network (``BaseModel.load_network``);
+- the training loop (:mod:`~llmhdr_basicsr.utils.train_hooks`): a progress line at least every
+  ``logger.print_seconds`` (30) with a correct ETA and the learning rates in tensorboard, loader workers capped at the
+  CPU count, and an exact ``--auto_resume`` (random state and data position restored, leftovers of an interrupted
+  checkpoint save removed: :mod:`~llmhdr_basicsr.utils.rng_state`, :mod:`~llmhdr_basicsr.utils.resume_files`).
 """
 
 from __future__ import annotations
@@ -32,8 +40,11 @@ import basicsr.utils.dist_util as _bsr_dist  # noqa: E402
 import basicsr.utils.options as _bsr_options  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from basicsr.utils import check_resume, scandir  # noqa: E402
+from basicsr.models.base_model import BaseModel  # noqa: E402
+from basicsr.utils import check_resume  # noqa: E402
 from basicsr.utils.registry import Registry  # noqa: E402
+
+from llmhdr_basicsr.utils import errors, option_check, resume_files, train_hooks  # noqa: E402
 
 _PATCHED_FLAG = '_llmhdr_basicsr_patched'
 BASICSR_PARENT = osp.dirname(osp.dirname(osp.abspath(basicsr.__file__)))
@@ -52,12 +63,10 @@ def load_resume_state(opt: dict) -> dict | None:
     """
     resume_state_path = None
     if opt.get('auto_resume'):
-        state_dir = osp.join(opt['path']['experiments_root'], 'training_states')
-        if osp.isdir(state_dir):
-            states = [int(float(v[: -len('.state')])) for v in scandir(state_dir, suffix='.state', recursive=False)]
-            if states:
-                resume_state_path = osp.join(state_dir, f'{max(states)}.state')
-                opt['path']['resume_state'] = resume_state_path
+        # only '<iter>.state' names: an interrupted save may have left '.tmp_*.state' (removed below)
+        resume_state_path = resume_files.latest_state(osp.join(opt['path']['experiments_root'], 'training_states'))
+        if resume_state_path is not None:
+            opt['path']['resume_state'] = resume_state_path
     elif opt['path'].get('resume_state'):
         resume_state_path = opt['path']['resume_state']
     if resume_state_path is None:
@@ -72,19 +81,15 @@ def load_resume_state(opt: dict) -> dict | None:
     except Exception as err:  # a truncated file names itself instead of failing deep inside torch
         raise RuntimeError(f'Cannot load resume state {resume_state_path}: {err}') from err
     check_resume(opt, state['iter'])
+    if opt.get('auto_resume') and opt.get('rank', 0) == 0:
+        train_hooks.NOTES.extend(resume_files.clean_interrupted_save(opt['path']['experiments_root'], state['iter']))
     return state
 
 
 def _swap_resume_into_main() -> None:
     """``python basicsr/train.py`` keeps its own (CUDA-only) ``load_resume_state`` in ``__main__``: replace it."""
-    main = sys.modules.get('__main__')
-    path = getattr(main, '__file__', None) or ''
-    if (
-        osp.basename(path) == 'train.py'
-        and osp.basename(osp.dirname(path)) == 'basicsr'
-        and hasattr(main, 'train_pipeline')
-        and hasattr(main, 'load_resume_state')
-    ):
+    main = errors.basicsr_script_main('train')
+    if main is not None and hasattr(main, 'train_pipeline') and hasattr(main, 'load_resume_state'):
         main.load_resume_state = load_resume_state
 
 
@@ -130,6 +135,31 @@ def init_dist_pytorch(backend: str = 'nccl', **kwargs) -> None:
         dist.init_process_group(backend=backend, **kwargs)
 
 
+# ------------------------------------------------------------------------------------------------------ checkpoints
+def _load_network(original):
+    """``BaseModel.load_network`` that first checks the file against the network (one line naming the option)."""
+
+    def load_network(self, net, load_path, strict=True, param_key='params'):
+        from llmhdr_basicsr.utils.checkpoint_arch import checkpoint_fit_problem
+
+        bare = self.get_bare_model(net)
+        problem = checkpoint_fit_problem(bare, load_path, strict, param_key)
+        if problem is not None:
+            paths = self.opt.get('path') or {}
+            option = next((f'path.{k}' for k, v in paths.items() if v == load_path), 'checkpoint')
+            network = option.replace('path.pretrain_', '') if option.startswith('path.pretrain_') else 'the network'
+            raise errors.OptionError(
+                f"{option}: '{load_path}' does not fit {network} ({type(bare).__name__} built from the options): "
+                f'{problem} — use the checkpoint written with these options, or a checkpoint of this project (it '
+                'records its architecture)'
+            )
+        return original(self, net, load_path, strict, param_key)
+
+    load_network.__doc__ = original.__doc__
+    load_network.__wrapped__ = original
+    return load_network
+
+
 # ------------------------------------------------------------------------------------------------------ registries
 def _registry_get(self, name, suffix='basicsr'):
     obj = self._obj_map.get(name)
@@ -154,13 +184,19 @@ def apply() -> None:
     _bsr_train.load_resume_state = load_resume_state
     _bsr_dist._init_dist_pytorch = init_dist_pytorch
     Registry.get = _registry_get
+    BaseModel.load_network = _load_network(BaseModel.load_network)
+    errors.install_excepthook()
 
     original_parse = _bsr_options.parse_options
 
     def parse_options(root_path, is_train=True):
         _swap_resume_into_main()
         _normalise_argv()
-        return original_parse(reroot(root_path), is_train)
+        option_check.check_option_file(sys.argv[1:])
+        opt, args = original_parse(reroot(root_path), is_train)
+        option_check.check_options(opt, is_train)
+        (train_hooks.install if is_train else train_hooks.install_test)(opt)
+        return opt, args
 
     parse_options.__doc__ = original_parse.__doc__
     setattr(parse_options, _PATCHED_FLAG, True)

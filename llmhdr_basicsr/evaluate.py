@@ -45,17 +45,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from llmhdr_basicsr.metrics.hdr_metric import (
-    ALIGN_MIN_REL,
+from llmhdr_basicsr.metrics.defaults import (  # the metric module imports basicsr: loaded after parsing
     ALIGN_MODES,
     CVVDP_DISPLAY,
     DEFAULT_ALIGN,
     DEFAULT_PEAK_NITS,
     DEFAULT_PERCENTILE,
-    HDR_METRICS,
-    MAX_PSNR,
-    align_scale,
-    compute_hdr_metrics,
 )
 from llmhdr_basicsr.utils.hdr_io import (
     FLOAT_CAPABLE_EXTENSIONS,
@@ -141,6 +136,9 @@ class EvalSettings:
 
     def hdr_options(self) -> dict:
         """Options for :func:`compute_hdr_metrics`: only those that a selected metric accepts."""
+        import llmhdr_basicsr.plugin  # noqa: F401  (basicsr before hdr_metric, which imports it)
+        from llmhdr_basicsr.metrics.hdr_metric import HDR_METRICS
+
         opts = dict(align=self.align, crop_border=self.crop_border, peak_nits=self.peak_nits,
                     percentile=self.percentile, display=self.display, device=self.device)  # fmt: skip
         accepted = set()
@@ -181,6 +179,9 @@ def score_pair(pred: np.ndarray, gt: np.ndarray, settings: EvalSettings, lq: np.
     """
     if pred.shape != gt.shape:
         raise ValueError(f'shapes differ: prediction {pred.shape} vs ground truth {gt.shape}')
+    import llmhdr_basicsr.plugin  # noqa: F401  (basicsr before hdr_metric, which imports it)
+    from llmhdr_basicsr.metrics.hdr_metric import HDR_METRICS, align_scale, compute_hdr_metrics
+
     hdr_names = [m for m in settings.metrics if m in HDR_METRICS]
     scores = {'gain': align_scale(pred.astype(np.float64), gt.astype(np.float64), settings.align)[1]}
     if hdr_names:
@@ -231,6 +232,8 @@ def _version(dist: str) -> str:
 
 def protocol_lines(settings: EvalSettings) -> list[tuple[str, str]]:
     """The header describing how the numbers were obtained."""
+    import llmhdr_basicsr.plugin  # noqa: F401  (basicsr before hdr_metric, which imports it)
+    from llmhdr_basicsr.metrics.hdr_metric import ALIGN_MIN_REL, MAX_PSNR
     from llmhdr_basicsr.version import __version__
 
     align_text = {
@@ -353,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> EvalSettings:
+    import llmhdr_basicsr.plugin  # noqa: F401  (basicsr before hdr_metric, which imports it)
+    from llmhdr_basicsr.metrics.hdr_metric import HDR_METRICS
     from llmhdr_basicsr.utils.device import select_device
 
     lpips_given = bool(args.lpips_weights or os.environ.get('LLMHDR_LPIPS_BACKBONE', '').strip())
@@ -388,6 +393,7 @@ def _settings(args: argparse.Namespace) -> EvalSettings:
         except (FileNotFoundError, ValueError) as err:
             raise UsageError(str(err)) from err
     if 'cvvdp' in metrics:
+        import llmhdr_basicsr.plugin  # noqa: F401  (basicsr before hdr_metric, which imports it)
         from llmhdr_basicsr.metrics.hdr_metric import get_cvvdp
 
         try:

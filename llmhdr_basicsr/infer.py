@@ -9,7 +9,8 @@ Usage::
 (also ``python -m llmhdr_basicsr.infer``). Every input keeps its name: ``<stem><suffix>.exr`` (linear HDR) and
 ``<stem><suffix>_<preview>.png`` (a tone-mapped 8-bit preview next to it, style.md A.7, B.5) for LDR->HDR;
 ``<stem><suffix>.png`` (8 or 16 bit) for HDR->LDR. Unreadable files are skipped with a warning and listed at the end;
-the exit status is 0 when at least one image was written, 1 when none was, 2 for a usage or set-up error.
+the exit status is 0 when every input was written, 1 when any was skipped (the others are still written), 2 for a
+usage or set-up error.
 
 Which network (first match wins; a checkpoint and an option file that disagree are not mixed silently):
 
@@ -53,13 +54,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import yaml
-from torch import nn
 
-from llmhdr_basicsr.utils.device import check_half, select_device
+from llmhdr_basicsr.utils.defaults import DEFAULT_OVERLAP, DEFAULT_TILE, PREVIEW_OPERATORS
 from llmhdr_basicsr.utils.hdr_io import (
     FLOAT_CAPABLE_EXTENSIONS,
     HDR_EXTENSIONS,
@@ -70,8 +69,10 @@ from llmhdr_basicsr.utils.hdr_io import (
     write_hdr,
     write_ldr,
 )
-from llmhdr_basicsr.utils.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, GlobalStatsTiler, downscale_to_area
-from llmhdr_basicsr.utils.tonemap import PREVIEW_OPERATORS, hdr_to_model, model_to_hdr, tonemap_preview
+
+if TYPE_CHECKING:  # torch (about 2 s to import) is imported where it is used, after the arguments are parsed
+    import torch
+    from torch import nn
 
 logger = logging.getLogger('llmhdr_basicsr.infer')
 
@@ -103,6 +104,8 @@ def save_inference_checkpoint(path: str, state_dict: dict, arch_opt: dict, param
     The file holds ``{param_key: state_dict, 'arch': {'type': NAME, 'kwargs': {...}}, 'version': str}``; only plain
     Python values and tensors, so ``torch.load(weights_only=True)`` reads it.
     """
+    import torch
+
     from llmhdr_basicsr.version import __version__
 
     arch_opt = dict(arch_opt)
@@ -129,6 +132,8 @@ def load_checkpoint(path: str, param_key: str = 'auto') -> tuple[dict, dict | No
     Raises:
         UsageError: file missing or unreadable, or the key absent (the message lists the keys present).
     """
+    import torch
+
     if not osp.isfile(path):
         raise UsageError(f'--weights {path!r} does not exist')
     try:
@@ -154,6 +159,8 @@ def load_checkpoint(path: str, param_key: str = 'auto') -> tuple[dict, dict | No
 
 
 def _read_option_file(path: str) -> dict:
+    import yaml
+
     if not osp.isfile(path):
         raise UsageError(f'-opt {path!r} does not exist')
     try:
@@ -167,21 +174,37 @@ def _read_option_file(path: str) -> dict:
 
 
 def build_arch(arch_opt: dict, source: str) -> nn.Module:
-    """Build a registered architecture from ``{'type': NAME, **kwargs}``; errors name ``source``."""
-    from basicsr.utils.registry import ARCH_REGISTRY
+    """Build a registered architecture from ``{'type': NAME, **kwargs}``; errors name ``source``.
 
+    The classical operators of :mod:`llmhdr_basicsr.archs.itmo_baseline_arch` are built without importing BasicSR
+    (several seconds of start-up); every other name is looked up in BasicSR's ``ARCH_REGISTRY``.
+    """
     opt = dict(arch_opt)
     name = opt.pop('type', None)
     if not name:
         raise UsageError(f'{source}: the network block has no "type"')
-    if name not in ARCH_REGISTRY:
-        raise UsageError(
-            f'{source}: unknown architecture {name!r}; registered: {", ".join(sorted(ARCH_REGISTRY.keys()))}'
-        )
+    cls = _baseline_class(name)
+    if cls is None:
+        from basicsr.utils.registry import ARCH_REGISTRY
+
+        if name not in ARCH_REGISTRY:
+            raise UsageError(
+                f'{source}: unknown architecture {name!r}; registered: {", ".join(sorted(ARCH_REGISTRY.keys()))}'
+            )
+        cls = ARCH_REGISTRY.get(name)
     try:
-        return ARCH_REGISTRY.get(name)(**opt)
+        return cls(**opt)
     except (TypeError, ValueError) as err:
         raise UsageError(f'{source}: cannot build {name} with {opt}: {err}') from err
+
+
+def _baseline_class(name: str) -> type | None:
+    """The classical iTMO class called ``name`` (``LinearizeITMO``, ``AkyuzITMO``, ...), or None."""
+    from llmhdr_basicsr.archs import itmo_baseline_arch as itmo
+
+    cls = getattr(itmo, name, None)
+    is_operator = isinstance(cls, type) and issubclass(cls, itmo._ITMOBase) and cls is not itmo._ITMOBase
+    return cls if is_operator else None
 
 
 @dataclass
@@ -264,11 +287,36 @@ def load_network(
             f'{arch_opt["type"]} ({source}) has {n_params} parameters but no weights were given: pass --weights '
             '(or set path.pretrain_network_* in the option file)'
         )
-    _check_direction(net, direction, arch_opt['type'], weights)
+    _check_direction(net, direction, arch_opt['type'], weights, arch_ckpt)
     return LoadedNetwork(net.eval().float(), arch_opt['type'], source, weights, used, arch_opt, option_file)
 
 
-def _check_direction(net: nn.Module, direction: str, name: str, weights: str | None) -> None:
+def _check_direction(
+    net: nn.Module, direction: str, name: str, weights: str | None, ckpt_arch: dict | None = None
+) -> None:
+    """Refuse a network (or a checkpoint) of the other direction, with what to give instead.
+
+    The checkpoint's own ``arch`` entry decides (its ``out_domain``); a checkpoint without one is judged by the
+    BasicSR file name (``net_g_*.pth`` = G_Y, ``net_g_hdr2ldr_*.pth`` = G_X). Weights of G_Y load into G_X's
+    architecture without complaint (same layers), so the file name is all there is then.
+    """
+    base = osp.basename(str(weights or ''))
+    trained = (ckpt_arch or {}).get('kwargs', {}).get('out_domain') if ckpt_arch else None
+    if weights and ckpt_arch is not None and trained is None and ckpt_arch.get('type') == 'FeedbackUNet':
+        trained = 'hdr_mu'  # FeedbackUNet's default output domain
+    if trained is None and weights:
+        trained = 'ldr' if base.startswith('net_g_hdr2ldr') else ('hdr_mu' if base.startswith('net_g_') else None)
+    if direction == 'hdr2ldr' and trained is not None and trained != 'ldr':
+        raise UsageError(
+            f'{weights} holds the LDR->HDR generator G_Y (out_domain {trained!r}); tone mapping needs the HDR->LDR '
+            'generator G_X: give --weights experiments/<name>/models/net_g_hdr2ldr_<iter|latest>.pth (or '
+            'llmhdr-infer for LDR->HDR)'
+        )
+    if direction == 'ldr2hdr' and trained == 'ldr':
+        raise UsageError(
+            f'{weights} holds the HDR->LDR generator G_X (out_domain ldr); LDR->HDR needs G_Y: give --weights '
+            'experiments/<name>/models/net_g_<iter|latest>.pth (or llmhdr-tonemap / --direction hdr2ldr to tone-map)'
+        )
     out_domain = getattr(net, 'out_domain', None)
     if direction == 'ldr2hdr' and out_domain not in (None, 'hdr_mu', 'linear'):
         raise UsageError(
@@ -280,11 +328,6 @@ def _check_direction(net: nn.Module, direction: str, name: str, weights: str | N
             f'{name} has out_domain={out_domain!r}; --direction hdr2ldr needs the HDR->LDR generator '
             '(network_g_hdr2ldr with out_domain: ldr, checkpoint net_g_hdr2ldr_*.pth)'
         )
-    base = osp.basename(str(weights or ''))
-    if direction == 'hdr2ldr' and base.startswith('net_g_') and not base.startswith('net_g_hdr2ldr'):
-        logger.warning(f'{base} looks like an LDR->HDR checkpoint; --direction hdr2ldr expects net_g_hdr2ldr_*.pth')
-    if direction == 'ldr2hdr' and base.startswith('net_g_hdr2ldr'):
-        logger.warning(f'{base} looks like an HDR->LDR checkpoint; --direction ldr2hdr expects net_g_*.pth')
 
 
 def _guidance_encoder(loaded: LoadedNetwork, clip_checkpoint: str | None, device: torch.device):
@@ -322,7 +365,7 @@ class Reconstructor:
         loaded: the network (:func:`load_network`).
         direction: ``'ldr2hdr'`` or ``'hdr2ldr'``.
         device: where it runs; the image stays on the CPU when tiling.
-        dtype: float32, or float16 on a GPU.
+        dtype: float32 (default, None), or float16 on a GPU.
         tile: tile edge (0 = whole image in one call).
         overlap: tile overlap.
         global_size: the global-statistics pass sees at most ``global_size ** 2`` pixels (None = ``tile``; <= 0 =
@@ -337,7 +380,7 @@ class Reconstructor:
         loaded: LoadedNetwork,
         direction: str,
         device: torch.device,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
         tile: int = DEFAULT_TILE,
         overlap: int = DEFAULT_OVERLAP,
         global_size: int | None = None,
@@ -345,6 +388,11 @@ class Reconstructor:
         guidance_encoder=None,
         progress: bool = False,
     ) -> None:
+        import torch
+
+        from llmhdr_basicsr.utils.tiling import GlobalStatsTiler
+
+        dtype = torch.float32 if dtype is None else dtype
         self.loaded, self.direction, self.device, self.dtype = loaded, direction, device, dtype
         self.net = loaded.net.to(device=device, dtype=dtype)
         self.headroom = float(getattr(self.net, 'headroom', 0.0) or 0.0)
@@ -369,11 +417,17 @@ class Reconstructor:
 
     # conversions between file values and the network's domains (shared with CycleHDRModel.to_linear / to_model_hdr)
     def _to_linear(self, y: torch.Tensor) -> torch.Tensor:
+        from llmhdr_basicsr.utils.tonemap import model_to_hdr
+
         if self.out_domain == 'linear':
             return y.clamp(min=0)
         return model_to_hdr(y, self.headroom)
 
     def _guidance(self, x: torch.Tensor):
+        import torch
+
+        from llmhdr_basicsr.utils.tiling import downscale_to_area
+
         enc = self.guidance_encoder
         if enc is None:
             return None
@@ -397,6 +451,10 @@ class Reconstructor:
         Returns:
             ``(H, W, 3)`` float32: linear HDR, relative scale (1 = normalisation white), or display-referred LDR.
         """
+        import torch
+
+        from llmhdr_basicsr.utils.tonemap import hdr_to_model
+
         x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None]
         if self.direction == 'hdr2ldr':
             from llmhdr_basicsr.data.hdr_transforms import normalize_hdr_np
@@ -486,7 +544,10 @@ def process_files(
 
 
 def report(summary: RunSummary, n_inputs: int, out_dir: str) -> int:
-    """Print the end-of-run summary; return the exit status (0 if anything was written, else 1)."""
+    """Print the end-of-run summary; return the exit status (0 when every input was written, 1 when any was skipped).
+
+    A batch job must notice a skipped file, as with ``cp`` or ``convert``: the skipped ones are listed by name.
+    """
     n_ok = n_inputs - len(summary.failed)
     per = f', {summary.seconds / max(n_ok, 1):.2f} s/image' if n_ok else ''
     print(f'Done: {n_ok} of {n_inputs} image(s) written to {out_dir}{per}.')
@@ -494,7 +555,8 @@ def report(summary: RunSummary, n_inputs: int, out_dir: str) -> int:
         print(f'Skipped {len(summary.failed)} file(s):')
         for path, reason in summary.failed:
             print(f'  {path}: {reason}')
-    return 0 if n_ok > 0 else 1
+        return 1
+    return 0
 
 
 def check_not_input(out_path: str, in_path: str) -> None:
@@ -588,7 +650,9 @@ def _validate(args: argparse.Namespace) -> None:
 
 def make_handler(args: argparse.Namespace, rec: Reconstructor) -> Callable[[str, str], list[str]]:
     """The per-file function of :func:`process_files` for a network run."""
-    from llmhdr_basicsr.metrics.hdr_metric import absolute_scale
+    import torch
+
+    from llmhdr_basicsr.utils.tonemap import tonemap_preview
 
     def handle(path: str, stem: str) -> list[str]:
         img, is_hdr = read_image(path)
@@ -600,6 +664,9 @@ def make_handler(args: argparse.Namespace, rec: Reconstructor) -> Callable[[str,
             check_not_input(target, path)
             hdr = rec(img)
             if args.scale == 'absolute':
+                import llmhdr_basicsr.plugin  # noqa: F401  (basicsr before hdr_metric, which imports it)
+                from llmhdr_basicsr.metrics.hdr_metric import absolute_scale
+
                 hdr = hdr * np.float32(absolute_scale(hdr, args.peak_nits, args.percentile))
             write_hdr(target, hdr)
             written = [target]
@@ -628,6 +695,8 @@ def print_header(lines: list[tuple[str, str]]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``llmhdr-infer`` with parsed arguments; returns the exit status (raises :class:`UsageError`)."""
+    from llmhdr_basicsr.utils.device import check_half, select_device
+
     _validate(args)
     device = select_device(args.device)
     dtype = check_half(device, args.half)

@@ -21,12 +21,10 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-import torch
-
 from llmhdr_basicsr import infer
 from llmhdr_basicsr.infer import SkipImage, UsageError
+from llmhdr_basicsr.utils.defaults import PREVIEW_OPERATORS
 from llmhdr_basicsr.utils.hdr_io import read_image, write_ldr
-from llmhdr_basicsr.utils.tonemap import PREVIEW_OPERATORS, tonemap_preview
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def operator_handler(args: argparse.Namespace) -> Callable[[str, str], list[str]]:
     """Per-file function: read float HDR, apply ``args.operator``, write ``<stem>.<ext>``."""
+    import torch
+
+    from llmhdr_basicsr.utils.tonemap import tonemap_preview
 
     def handle(path: str, stem: str) -> list[str]:
         img, is_hdr = read_image(path)

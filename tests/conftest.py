@@ -1,10 +1,12 @@
-"""Shared fixtures: paths, a subprocess runner for fresh interpreters, tiny generated images."""
+"""Shared fixtures: paths, subprocess runners (fresh interpreters, forked entry points), tiny generated images."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +31,122 @@ def _single_thread():
 
 
 def run_python(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run ``python <args>`` in a fresh interpreter; on failure the assertion shows the tail of its output."""
-    full_env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'PYTHONUNBUFFERED': '1', **(env or {})}
+    """Run ``python <args>`` in a fresh interpreter; on failure the assertion shows the tail of its output.
+
+    One intra-op thread unless ``env`` says otherwise: the tensors are tiny, and on the shared 2-core machine two
+    OpenMP threads competing with another process made a 1 s training run take a minute.
+    """
+    full_env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1', **(env or {})}
     proc = subprocess.run(
         [PYTHON, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout, check=False
     )
     return proc
+
+
+#: Runs entry-point modules (``basicsr.train``, ``basicsr.test``, ...) each in a forked child of one interpreter that
+#: has imported basicsr once: group after group, up to ``parallel`` children of a group at a time. Child pids go to
+#: ``_pids.txt`` as they start (so a test can kill one); prints ``[{code, output}, ...]`` as JSON at the end.
+FORK_DRIVER = textwrap.dedent(
+    """
+    import json, os, runpy, sys
+    import basicsr  # noqa: F401  (once, before forking: the start-up hook registers the plugin)
+
+
+    def child(case, write, os=os, sys=sys, runpy=runpy):
+        # runs the module in this __main__ as `python -m` does (its globals replace the driver's): locals only here
+        os.dup2(write, 1)
+        os.dup2(write, 2)
+        sys.argv = [case['module']] + case['args']
+        try:
+            runpy._run_module_as_main(case['module'])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            sys.excepthook(*sys.exc_info())  # what the interpreter does with an uncaught exception
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+    def start(index, case, pids):
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read)
+            child(case, write)
+        os.close(write)
+        pids.write(f'{index} {pid}\\n')
+        pids.flush()
+        return pid, read
+
+
+    def finish(pid, read):
+        chunks = []
+        while chunk := os.read(read, 65536):
+            chunks.append(chunk)
+        os.close(read)
+        status = os.waitpid(pid, 0)[1]
+        return {'code': os.waitstatus_to_exitcode(status), 'output': b''.join(chunks).decode('utf-8', 'replace')}
+
+
+    def run_all(path, parallel):
+        cases, results = json.load(open(path)), {}
+        with open('_pids.txt', 'w') as pids:
+            for group in sorted({c['group'] for c in cases}):
+                running = []
+                for index, case in enumerate(cases):
+                    if case['group'] != group:
+                        continue
+                    running.append((index, *start(index, case, pids)))
+                    if len(running) >= parallel:
+                        i, pid, read = running.pop(0)
+                        results[i] = finish(pid, read)
+                for i, pid, read in running:
+                    results[i] = finish(pid, read)
+        return [results[i] for i in range(len(cases))]
+
+
+    print(json.dumps(run_all(sys.argv[1], int(sys.argv[2]))))
+    """
+)
+
+
+def start_forked(cases: list[tuple], cwd: Path, parallel: int = 1) -> subprocess.Popen:
+    """Start :data:`FORK_DRIVER` for ``cases`` = ``[(module, args[, group])]`` in ``cwd``; see :func:`run_forked`."""
+    cwd = Path(cwd)
+    payload = [{'module': c[0], 'args': [str(a) for a in c[1]], 'group': c[2] if len(c) > 2 else 0} for c in cases]
+    (cwd / '_cases.json').write_text(json.dumps(payload))
+    (cwd / '_fork_driver.py').write_text(FORK_DRIVER)
+    (cwd / '_pids.txt').unlink(missing_ok=True)
+    env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1'}
+    return subprocess.Popen([PYTHON, '_fork_driver.py', '_cases.json', str(parallel)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def forked_pids(cwd: Path) -> dict[int, int]:
+    """``{case index: pid}`` of the children :func:`start_forked` has started so far."""
+    path = Path(cwd) / '_pids.txt'
+    lines = path.read_text().split('\n') if path.exists() else []
+    return {int(i): int(pid) for i, pid in (line.split() for line in lines if line.count(' ') == 1)}
+
+
+def finish_forked(proc: subprocess.Popen, timeout: int = 600) -> list[dict]:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_forked(cases: list[tuple], cwd: Path, parallel: int = 1, timeout: int = 600) -> list[dict]:
+    """Run ``python -m <module> <args>`` for each case as forked children of one interpreter (basicsr imported once).
+
+    Each child executes the module as ``__main__`` exactly as ``python -m`` does, in ``cwd``, with its own exit
+    status; an uncaught exception goes through ``sys.excepthook``. Cases are ``(module, args)`` or ``(module, args,
+    group)``: groups run one after the other (a later group may use what an earlier one wrote). Returns ``[{'code':
+    int, 'output': stdout and stderr}]`` in the order of ``cases``.
+    """
+    return finish_forked(start_forked(cases, cwd, parallel), timeout)
 
 
 def assert_ok(proc: subprocess.CompletedProcess) -> None:

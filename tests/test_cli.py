@@ -12,6 +12,7 @@ from conftest import REPO, assert_ok, run_python
 from llmhdr_basicsr import evaluate, infer, tonemap_cli
 from llmhdr_basicsr.archs.feedback_unet_arch import FeedbackUNet
 from llmhdr_basicsr.archs.itmo_baseline_arch import MasiaITMO
+from llmhdr_basicsr.metrics import hdr_metric as hm
 from llmhdr_basicsr.utils.device import check_half, select_device
 from llmhdr_basicsr.utils.hdr_io import read_hdr, read_image, write_hdr, write_ldr
 from llmhdr_basicsr.utils.tonemap import luminance_np, mu_law_inverse, srgb_decode_np, tonemap_preview
@@ -80,7 +81,7 @@ def run_infer(argv, capsys=None):
 @pytest.mark.slow
 def test_infer_subprocess_folder_with_corrupt_file(setup, tmp_path):
     """``python -m llmhdr_basicsr.infer`` on a folder: 8-bit, 16-bit and grey inputs written with their names,
-    the corrupt file skipped and listed, exit status 0."""
+    the corrupt file skipped and listed, exit status 1 (a batch job must notice), no OpenCV/libpng lines."""
     out = tmp_path / 'out'
     args = [
         '-m',
@@ -100,8 +101,9 @@ def test_infer_subprocess_folder_with_corrupt_file(setup, tmp_path):
         *FAST,
     ]
     proc = run_python([str(a) for a in args], cwd=REPO, env={'OMP_NUM_THREADS': '1'})  # tiny tensors: 1 thread
-    assert_ok(proc)
+    assert proc.returncode == 1, proc.stderr
     assert 'Skipped 1 file(s)' in proc.stdout and 'corrupt.png' in proc.stdout
+    assert 'libpng' not in proc.stderr and '[ WARN' not in proc.stderr and 'Traceback' not in proc.stderr
     for stem, shape in (('rgb8', (40, 56, 3)), ('rgb16', (33, 47, 3)), ('grey', (30, 36, 3))):
         hdr = read_hdr(out / f'{stem}.exr')
         assert hdr.shape == shape and np.isfinite(hdr).all() and hdr.min() >= 0
@@ -335,7 +337,24 @@ def test_hdr2ldr_refuses_the_ldr2hdr_generator(setup, tmp_path, capsys):
     code, out = run_infer(
         ['-i', setup / 'hdr', '-o', tmp_path, '--direction', 'hdr2ldr', '--weights', ckpt, *FAST], capsys
     )
-    assert code == 2 and "out_domain='hdr_mu'" in out.err
+    assert code == 2 and "G_Y (out_domain 'hdr_mu')" in out.err and 'net_g_hdr2ldr_' in out.err
+
+
+def test_tonemap_refuses_g_y_weights_also_with_the_option_file(setup, tmp_path, capsys):
+    """G_Y's weights load into G_X's architecture without complaint (same layers): the checkpoint's arch entry, or
+    its BasicSR file name, must stop llmhdr-tonemap with an error that names the file and what to give instead."""
+    with_arch = tmp_path / 'net_g_7.pth'
+    infer.save_inference_checkpoint(str(with_arch), FeedbackUNet(**KW).state_dict(), {'type': 'FeedbackUNet', **KW})
+    for weights in (with_arch, setup / 'net_g_10.pth'):  # arch entry / file name only
+        code = tonemap_cli.main([str(a) for a in ['-i', setup / 'hdr', '-o', tmp_path / 'o', '--weights', weights,
+                                                  '-opt', setup / 'opt.yml', *FAST]])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2 and str(weights) in err and 'net_g_hdr2ldr_' in err
+    assert not (tmp_path / 'o').exists() or not list((tmp_path / 'o').iterdir())
+    g_x = setup / 'net_g_hdr2ldr_10.pth'
+    code = tonemap_cli.main([str(a) for a in ['-i', setup / 'hdr', '-o', tmp_path / 'ok', '--weights', g_x,
+                                              '-opt', setup / 'opt.yml', *FAST]])  # fmt: skip
+    assert code == 0 and len(list((tmp_path / 'ok').glob('*.png'))) == 2
 
 
 def test_tonemap_cli_network_and_operator(setup, tmp_path, capsys):
@@ -489,3 +508,38 @@ def test_plot_falls_back_to_bars(hdr_folders, tmp_path):
         ]
     )
     assert code == 0 and plot.stat().st_size > 1000
+
+
+# ------------------------------------------------------------------------------------------------- start-up
+def _imported(stderr: str) -> set[str]:
+    """Top-level module names in ``python -X importtime`` output."""
+    names = set()
+    for line in stderr.splitlines():
+        if line.startswith('import time:') and line.count('|') == 2:
+            names.add(line.rsplit('|', 1)[1].strip().split('.')[0])
+    return names
+
+
+def test_cli_start_up_imports_neither_torch_for_help_nor_basicsr_for_an_operator(setup, tmp_path):
+    """``--help`` of the three tools imports no torch (0.3 s instead of 8 s); a classical operator on one image runs
+    without basicsr (torch only, about 2.5 s instead of 7 s). Checked by the imports, which do not depend on load."""
+    for module in ('llmhdr_basicsr.infer', 'llmhdr_basicsr.tonemap_cli', 'llmhdr_basicsr.evaluate'):
+        proc = run_python(['-X', 'importtime', '-m', module, '--help'], cwd=tmp_path)
+        assert_ok(proc)
+        assert 'usage:' in proc.stdout
+        assert not {'torch', 'basicsr', 'open_clip'} & _imported(proc.stderr), module
+    args = ['-X', 'importtime', '-m', 'llmhdr_basicsr.infer', '-i', str(setup / 'ldr' / 'rgb8.png'), '-o', 'out',
+            '--arch', 'LinearizeITMO', '--quiet']  # fmt: skip
+    proc = run_python(args, cwd=tmp_path, env={'OMP_NUM_THREADS': '1'})
+    assert_ok(proc)
+    assert (tmp_path / 'out' / 'rgb8.exr').is_file()
+    imported = _imported(proc.stderr)
+    assert 'torch' in imported and not {'basicsr', 'torchvision', 'open_clip', 'scipy'} & imported
+
+
+def test_eval_defaults_shown_by_help_are_the_metric_defaults():
+    """llmhdr-eval builds its parser from metrics/defaults.py (no basicsr); the values must be hdr_metric's."""
+    from llmhdr_basicsr.metrics import defaults
+
+    for name in ('ALIGN_MODES', 'DEFAULT_ALIGN', 'DEFAULT_PEAK_NITS', 'DEFAULT_PERCENTILE', 'CVVDP_DISPLAY'):
+        assert getattr(defaults, name) == getattr(hm, name), name

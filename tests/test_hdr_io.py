@@ -148,6 +148,45 @@ def test_grey_and_rgba_pngs_become_rgb(tmp_path):
     np.testing.assert_allclose(out[0, 0], [1.0, 20000 / 65535, 1000 / 65535], atol=1e-7)
 
 
+def test_dropped_alpha_is_one_warning_naming_the_file(tmp_path, llmhdr_log):
+    bgra = np.full((4, 5, 4), 200, np.uint8)
+    cv2.imwrite(str(tmp_path / 'logo.png'), bgra)
+    cv2.imwrite(str(tmp_path / 'plain.png'), bgra[..., :3])
+    for _ in range(3):  # every epoch reads the file again: still one warning
+        read_ldr(str(tmp_path / 'logo.png'))
+        read_ldr(str(tmp_path / 'plain.png'))
+    messages = _warnings(llmhdr_log)
+    assert len(messages) == 1 and 'logo.png' in messages[0] and 'alpha' in messages[0]
+
+
+def test_truncated_and_corrupt_pngs_are_found_before_libpng_prints(tmp_path, capfd):
+    """libpng writes "libpng error: ..." straight to the C stderr; the PNG structure check must catch the file first,
+    and OpenCV's own log lines stay off the terminal: the ImageReadError is the only report."""
+    write_ldr(str(tmp_path / 'good.png'), _ldr(64, 64))
+    data = (tmp_path / 'good.png').read_bytes()
+    (tmp_path / 'truncated.png').write_bytes(data[: len(data) // 2])
+    damaged = bytearray(data)
+    damaged[60:70] = bytes(10)  # inside IDAT: its CRC no longer matches
+    (tmp_path / 'damaged.png').write_bytes(bytes(damaged))
+    capfd.readouterr()
+    for name, reason in (('truncated.png', 'truncated PNG'), ('damaged.png', 'CRC error')):
+        with pytest.raises(ImageReadError, match=f'{reason}.*{name}'):
+            read_ldr(str(tmp_path / name))
+    assert read_ldr(str(tmp_path / 'good.png')).shape == (64, 64, 3)
+    err = capfd.readouterr().err
+    assert 'libpng' not in err and 'WARN' not in err
+
+
+def test_colorvideovdp_mean_notice_is_filtered_but_other_root_warnings_pass(caplog):
+    """pycvvdp logs the notice once per image with logging.warning (root logger); it is dropped there."""
+    import llmhdr_basicsr  # noqa: F401  (installs the filters)
+
+    logging.warning('The mean color value is less than 1 - the image may not be scaled in absolute photometric units!')
+    logging.warning('an unrelated warning')
+    messages = [r.getMessage() for r in caplog.records]
+    assert 'an unrelated warning' in messages and not any('mean color value' in m for m in messages)
+
+
 def test_non_finite_and_negative_hdr_values_are_sanitised_with_a_warning(tmp_path, llmhdr_log):
     img = _hdr()
     img[0, 1] = (np.nan, np.inf, -np.inf)

@@ -299,3 +299,14 @@ def test_clipped_metrics_without_clipped_pixels_or_input():
     scores = hm.compute_hdr_metrics(linearised, gt, lq=ldr, names=['pu21_psnr', 'pu21_psnr_clip', 'log2_ratio_clip'])
     assert set(scores) == {'pu21_psnr', 'pu21_psnr_clip', 'log2_ratio_clip'}
     assert hm.HDR_METRICS['pu21_psnr_clip'].needs_lq and hm.HDR_METRICS['log2_ratio_clip'].needs_lq
+
+
+def test_cvvdp_dark_scene_notice_is_not_shown(caplog):
+    """A mostly black scene has a mean below 1 cd/m²: pycvvdp's "mean color value is less than 1" notice (logged
+    per image by pycvvdp.video_source) must not reach the user; the score is unaffected."""
+    gt = np.full((48, 48, 3), 1e-4, np.float32)
+    gt[20:22, 20:22] = 5.0
+    with caplog.at_level(logging.WARNING):
+        score = hm.calculate_cvvdp(gt, gt.copy())
+    assert score == pytest.approx(10.0, abs=1e-3)
+    assert not any('mean color value' in r.getMessage() for r in caplog.records)

@@ -6,7 +6,6 @@ Every check runs in a fresh interpreter (subprocess), because what is tested is 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sysconfig
 import textwrap
@@ -47,38 +46,62 @@ DUMP_REGISTRIES = textwrap.dedent(
 )
 
 
-def _registries(tmp_path: Path, env: dict | None = None) -> dict:
-    proc = run_python(['-c', DUMP_REGISTRIES], cwd=tmp_path, env=env)
+ALIAS_FIRST = 'import torchvision.transforms.functional_tensor as ft; print("alias", callable(ft.rgb_to_grayscale))\n'
+#: As llmhdr-infer starts: the package and the classical operators without basicsr; the hook must register them later.
+LIGHT_FIRST = textwrap.dedent(
+    """
+    import sys
+    argv, sys.argv = sys.argv, ['llmhdr-infer']
+    import llmhdr_basicsr
+    from llmhdr_basicsr.archs import itmo_baseline_arch
+    sys.argv = argv
+    assert 'basicsr' not in sys.modules and 'torchvision' not in sys.modules
+    """
+)
+
+
+def _registries(tmp_path: Path, env: dict | None = None, light_first: bool = False) -> dict:
+    # the alias is imported first, before basicsr: it must work on its own (and then serve basicsr's import)
+    code = (LIGHT_FIRST if light_first else '') + ALIAS_FIRST + DUMP_REGISTRIES
+    if light_first:
+        code += 'print("same class", r.ARCH_REGISTRY.get("MasiaITMO") is itmo_baseline_arch.MasiaITMO)\n'
+    proc = run_python(['-c', code], cwd=tmp_path, env=env)
     assert_ok(proc)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    assert 'alias True' in proc.stdout and ('same class True' in proc.stdout) == light_first
+    lines = [line for line in proc.stdout.splitlines() if line.startswith('{')]
+    return json.loads(lines[-1])
 
 
-def test_plain_basicsr_import_registers_everything(tmp_path):
-    """Only ``import basicsr`` in a fresh interpreter: the .pth hook must have loaded the plugin."""
-    out = _registries(tmp_path)
+@pytest.fixture(scope='module')
+def registries(tmp_path_factory) -> dict:
+    """The registries of a fresh interpreter after only ``import basicsr``, with the plugin and with it disabled."""
+    root = tmp_path_factory.mktemp('registries')
+    # with the plugin: as llmhdr-infer starts (package and operators without basicsr), then only `import basicsr`
+    return {
+        'plugin': _registries(root, light_first=True),
+        'disabled': _registries(root, env={'BASICSR_PLUGINS_DISABLE': '1'}),
+    }
+
+
+def test_plain_basicsr_import_registers_everything(registries):
+    """``import basicsr`` in a fresh interpreter (after the command-line tools' light start, which imports the package
+    and the classical operators without basicsr): the .pth hook must have loaded the whole plugin."""
+    out = registries['plugin']
     assert out['plugin_loaded']
     for registry, names in EXPECTED.items():
         missing = [n for n in names if n not in out['names'][registry]]
         assert not missing, f'{registry} lacks {missing}'
 
 
-def test_no_collision_with_basicsr_and_disable_switch(tmp_path):
-    plain = _registries(tmp_path, env={'BASICSR_PLUGINS_DISABLE': '1'})
-    assert not plain['plugin_loaded']  # the switch turns the auto-load off ...
-    with_plugin = _registries(tmp_path)
+def test_no_collision_with_basicsr_and_disable_switch(registries):
+    plain, with_plugin = registries['disabled'], registries['plugin']
+    assert not plain['plugin_loaded']  # the switch turns the auto-load off (the torchvision alias stays) ...
     for registry, names in plain['names'].items():
         # ... and with the plugin every BasicSR name still resolves to BasicSR's own object
         for name, module in names.items():
             assert with_plugin['names'][registry][name] == module
         for name in EXPECTED[registry]:
             assert name not in names, f'{name} collides with a BasicSR {registry} entry'
-
-
-def test_torchvision_alias_in_fresh_interpreter(tmp_path):
-    code = 'import torchvision.transforms.functional_tensor as ft; import basicsr; print(callable(ft.rgb_to_grayscale))'
-    proc = run_python(['-c', code], cwd=tmp_path, env={'BASICSR_PLUGINS_DISABLE': '1'})
-    assert_ok(proc)
-    assert proc.stdout.strip().endswith('True')
 
 
 # ---------------------------------------------------------------------------------------------- training launches
@@ -104,48 +127,23 @@ LAUNCHES = {
 }
 
 
-@pytest.mark.parametrize('launch', sorted(LAUNCHES))
-def test_launch_styles_train_and_resume_on_cpu(tmp_path, launch):
-    """Each launch style trains the smoke model and resumes it on CPU; outputs land in the cwd."""
-    opt = _smoke_options(tmp_path, f'launch_{launch}')
-    assert_ok(run_python(LAUNCHES[launch](opt), cwd=tmp_path))
-    exp = tmp_path / 'experiments' / f'launch_{launch}'
-    for net in ('g', 'g_hdr2ldr', 'd_hdr', 'd_ldr'):
-        assert (exp / 'models' / f'net_{net}_2.pth').is_file()
-    assert (exp / 'training_states' / '2.state').is_file()
-    assert not (BASICSR_DIR.parent / 'experiments' / f'launch_{launch}').exists()
-
-    proc = run_python(LAUNCHES[launch](opt) + ['--auto_resume', '--force_yml', 'train:total_iter=4'], cwd=tmp_path)
-    assert_ok(proc)
-    assert (exp / 'training_states' / '4.state').is_file()
-    assert 'Resuming training from epoch' in proc.stderr + proc.stdout + _log_text(exp)
-
-
-def _log_text(exp: Path) -> str:
-    return '\n'.join(p.read_text() for p in exp.glob('train_*.log'))
-
-
-def test_console_script_and_misspelt_type(tmp_path):
-    opt = _smoke_options(tmp_path, 'misspelt')
-    data = yaml.safe_load(opt.read_text())
-    data['network_g']['type'] = 'FeedbackUnet'
-    opt.write_text(yaml.safe_dump(data))
-    script = Path(os.path.dirname(os.sys.executable)) / 'llmhdr-train'
-    proc = run_python([str(script), '-opt', str(opt)], cwd=tmp_path)
-    assert proc.returncode != 0
-    assert "No object named 'FeedbackUnet' found in 'arch' registry" in proc.stderr
-    assert "Did you mean 'FeedbackUNet'" in proc.stderr
-    assert 'PatchGANDiscriminator' in proc.stderr  # the available names are listed
-
-
-def test_unknown_option_key_is_reported(tmp_path):
-    opt = _smoke_options(tmp_path, 'unknown_key')
-    data = yaml.safe_load(opt.read_text())
-    data['train']['cycel_opt'] = data['train'].pop('cycle_opt')
-    opt.write_text(yaml.safe_dump(data))
-    proc = run_python(['-m', 'llmhdr_basicsr.train', '-opt', str(opt)], cwd=tmp_path)
-    assert_ok(proc)
-    assert "'cycel_opt' (did you mean 'cycle_opt'?)" in proc.stderr + proc.stdout
+def test_launch_styles_train_and_resume_on_cpu(tmp_path):
+    """One run continued by every launch style in turn: the plugin's module trains 2 iterations, BasicSR's module
+    resumes it to 4 and BasicSR's script (``python basicsr/train.py``) to 6, on CPU; outputs land in the cwd."""
+    opt = _smoke_options(tmp_path, 'launches')
+    exp = tmp_path / 'experiments' / 'launches'
+    for i, launch in enumerate(('plugin_module', 'basicsr_module', 'basicsr_script')):
+        total = 2 * (i + 1)
+        extra = ['--force_yml', f'train:total_iter={total}'] + (['--auto_resume'] if i else [])
+        proc = run_python(LAUNCHES[launch](opt) + extra, cwd=tmp_path)
+        assert_ok(proc)
+        for net in ('g', 'g_hdr2ldr', 'd_hdr', 'd_ldr'):
+            assert (exp / 'models' / f'net_{net}_{total}.pth').is_file(), launch
+        assert (exp / 'training_states' / f'{total}.state').is_file(), launch
+        if i:
+            assert f'Resuming training from epoch: {i - 1}, iter: {total - 2}' in proc.stderr, launch
+    assert not (BASICSR_DIR.parent / 'experiments' / 'launches').exists()
+    assert not list(tmp_path.glob('experiments/launches_archived_*'))  # resumed, never restarted
 
 
 def test_stock_srmodel_trains_beside_the_plugin(tmp_path):

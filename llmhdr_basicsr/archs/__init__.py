@@ -1,3 +1,2 @@
-"""Registering modules of llmhdr_basicsr.archs (imported explicitly, not by folder scan)."""
-
-from . import feedback_unet_arch, itmo_baseline_arch, patchgan_arch  # noqa: F401
+"""The architectures of llmhdr_basicsr; :mod:`llmhdr_basicsr.plugin` imports the registering modules (kept out of this
+file so that importing one module does not import them all)."""

@@ -42,9 +42,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
+from ..utils.lazy_registry import register_arch
 from ..utils.tonemap import luminance, mu_law, srgb_decode
 
 OUT_DOMAINS = ('hdr_mu', 'linear')
@@ -248,7 +248,7 @@ class _ITMOBase(nn.Module):
         return f'out_domain={self.out_domain!r}, transfer={self.transfer!r}'
 
 
-@ARCH_REGISTRY.register()
+@register_arch  # ARCH_REGISTRY, also when imported before basicsr
 class LinearizeITMO(_ITMOBase):
     """ "Linearise only": the inverse display transfer function, no dynamic range expansion.
 
@@ -275,7 +275,7 @@ class LinearizeITMO(_ITMOBase):
         return self.linearize(ldr) / self.peak_ratio
 
 
-@ARCH_REGISTRY.register()
+@register_arch  # ARCH_REGISTRY, also when imported before basicsr
 class AkyuzITMO(_ITMOBase):
     """Akyuz et al. 2007, "Do HDR displays support LDR content? A psychophysical evaluation", ACM TOG 26(3), Eq. 1.
 
@@ -315,7 +315,7 @@ class AkyuzITMO(_ITMOBase):
         return change_luminance(lin, lum, self.k * norm.pow(self.expand_gamma))
 
 
-@ARCH_REGISTRY.register()
+@register_arch  # ARCH_REGISTRY, also when imported before basicsr
 class MasiaITMO(_ITMOBase):
     """Masia et al. 2009, "Evaluation of reverse tone mapping through varying exposure conditions", ACM TOG 28(5).
 
@@ -399,7 +399,7 @@ class MasiaITMO(_ITMOBase):
         return f'variant={self.variant!r}, ' + super().extra_repr()
 
 
-@ARCH_REGISTRY.register()
+@register_arch  # ARCH_REGISTRY, also when imported before basicsr
 class KovaleskiOliveiraITMO(_ITMOBase):
     """Kovaleski & Oliveira 2014, "High-quality reverse tone mapping for a wide range of exposures", SIBGRAPI 2014.
 

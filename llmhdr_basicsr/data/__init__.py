@@ -1,3 +1,2 @@
-"""Registering modules of llmhdr_basicsr.data (imported explicitly, not by folder scan)."""
-
-from . import paired_hdr_dataset, single_image_dataset, unpaired_hdr_dataset  # noqa: F401
+"""The datasets of llmhdr_basicsr; :mod:`llmhdr_basicsr.plugin` imports the registering modules (kept out of this
+file so that importing one module does not import them all)."""

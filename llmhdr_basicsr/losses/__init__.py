@@ -1,8 +1,2 @@
-"""Registering modules of llmhdr_basicsr.losses (imported explicitly, not by folder scan)."""
-
-from . import (  # noqa: F401
-    clip_contrastive_loss,
-    lpips_loss,
-    perception_loss,  # noqa: F401
-    sam_semantic_loss,
-)
+"""The losses of llmhdr_basicsr; :mod:`llmhdr_basicsr.plugin` imports the registering modules (kept out of this
+file so that importing one module does not import them all)."""

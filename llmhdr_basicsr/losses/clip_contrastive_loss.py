@@ -37,11 +37,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from basicsr.utils.registry import LOSS_REGISTRY
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
 from llmhdr_basicsr.utils.ldr_view import LDR_VIEWS, LDRGlobalView, resolve_ldr_view
@@ -57,6 +55,10 @@ from llmhdr_basicsr.utils.weights import (
 )
 
 CLIP_ENV_VAR = 'LLMHDR_CLIP_CHECKPOINT'
+#: CLIP's image normalisation (``open_clip.constants.OPENAI_DATASET_MEAN`` / ``_STD``), used when a model config has
+#: no ``preprocess_cfg``. open_clip itself (with timm, about 1 s) is imported only when a loss is built.
+OPENAI_DATASET_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_DATASET_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def info_nce(
@@ -103,6 +105,8 @@ def register_open_clip_config(name: str, model_cfg: dict) -> None:
     Raises:
         ValueError: the config lacks a required key, or ``name`` is a built-in config with different content.
     """
+    import open_clip
+
     missing = [k for k in ('embed_dim', 'vision_cfg', 'text_cfg') if k not in model_cfg]
     if missing:
         raise ValueError(
@@ -143,8 +147,8 @@ class CLIPContrastiveLoss(nn.Module):
             QuickGELU: use ``'ViT-B-32-quickgelu'`` with them. Default: ``'ViT-B-32'``.
         checkpoint: local open_clip checkpoint (``.pt``/``.bin``/``.pth``/``.safetensors``, full CLIP or image tower
             only; OpenAI TorchScript ``.pt`` files work too). None: use ``$LLMHDR_CLIP_CHECKPOINT``.
-        allow_missing: with no checkpoint configured, switch the loss off (``enabled = False``, one warning, forward
-            returns 0) instead of raising FileNotFoundError. A configured path that does not exist still raises.
+        allow_missing: with no checkpoint configured, or one that does not exist or cannot be loaded, switch the
+            loss off (``enabled = False``, one warning naming the file, forward returns 0) instead of raising.
         random_weights: build the architecture with random weights and load nothing (tests, timing).
         model_cfg: custom open_clip config registered under ``arch`` (tests: the tiny config of
             offline-assets.md §4).
@@ -199,26 +203,36 @@ class CLIPContrastiveLoss(nn.Module):
         if model_cfg is not None:
             register_open_clip_config(arch, dict(model_cfg))
         if not random_weights:
-            self.checkpoint = resolve_weights(
-                checkpoint,
-                CLIP_ENV_VAR,
-                f'CLIP checkpoint for {arch}',
-                f'set train.clip_opt.checkpoint or {CLIP_ENV_VAR} to a local open_clip .pt/.bin/.safetensors file '
-                f"(e.g. the 'openai' ViT-B-32 weights, with arch 'ViT-B-32-quickgelu'), or set "
-                f'train.clip_opt.allow_missing: true to train without L_con',
-                allow_missing=allow_missing,
-            )
-            if self.checkpoint is None:
-                self.enabled = False
-                warn_disabled(
-                    'CLIPContrastiveLoss (L_con)',
-                    f'no CLIP checkpoint configured; set train.clip_opt.checkpoint or {CLIP_ENV_VAR} to enable it',
+            try:
+                self.checkpoint = resolve_weights(
+                    checkpoint,
+                    CLIP_ENV_VAR,
+                    f'CLIP checkpoint for {arch}',
+                    f'set train.clip_opt.checkpoint or {CLIP_ENV_VAR} to a local open_clip .pt/.bin/.safetensors '
+                    f"file (e.g. the 'openai' ViT-B-32 weights, with arch 'ViT-B-32-quickgelu'), or set "
+                    f'train.clip_opt.allow_missing: true to train without L_con',
+                    allow_missing=allow_missing,
                 )
+            except FileNotFoundError as err:  # a configured path that does not exist
+                if not allow_missing:
+                    raise
+                self._disable(f'{err} (allow_missing: true)')
+                return
+            if self.checkpoint is None:
+                self._disable(f'no CLIP checkpoint configured; set train.clip_opt.checkpoint or {CLIP_ENV_VAR} to '
+                              'enable it')  # fmt: skip
                 return
 
         self.encoder = self._build_image_tower(arch, image_size)
         if self.checkpoint is not None:
-            self._load_checkpoint(self.checkpoint)
+            try:
+                self._load_checkpoint(self.checkpoint)
+            except ValueError as err:  # not a checkpoint, or one of another architecture
+                if not allow_missing:
+                    raise
+                self.encoder = None
+                self._disable(f'{err} (allow_missing: true)')
+                return
         freeze_module(self.encoder)
         pre = getattr(self.encoder, 'preprocess_cfg', None) or {}
         size = self.encoder.image_size
@@ -227,8 +241,16 @@ class CLIPContrastiveLoss(nn.Module):
         self.register_buffer('mean', torch.tensor(pre.get('mean', OPENAI_DATASET_MEAN)).view(1, 3, 1, 1), False)
         self.register_buffer('std', torch.tensor(pre.get('std', OPENAI_DATASET_STD)).view(1, 3, 1, 1), False)
 
+    def _disable(self, reason: str) -> None:
+        """Switch the loss off with its one warning (``allow_missing``)."""
+        self.enabled = False
+        self.checkpoint = None
+        warn_disabled('CLIPContrastiveLoss (L_con)', reason)
+
     @staticmethod
     def _build_image_tower(arch: str, image_size: int | None) -> nn.Module:
+        import open_clip
+
         if open_clip.get_model_config(arch) is None:
             raise ValueError(
                 f'CLIPContrastiveLoss: unknown open_clip architecture {arch!r} (train.clip_opt.arch); '

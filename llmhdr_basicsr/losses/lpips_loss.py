@@ -24,8 +24,8 @@ class LPIPSLoss(nn.Module):
         net: LPIPS trunk, ``'alex'`` | ``'vgg'`` | ``'squeeze'``. Default: ``'alex'``.
         weights: local torchvision checkpoint of the trunk (e.g. ``alexnet-owt-7be5be79.pth``); None:
             ``$LLMHDR_LPIPS_BACKBONE``.
-        allow_missing: with no weights configured, switch off (``enabled = False``, one warning, forward returns 0)
-            instead of raising FileNotFoundError. A configured path that does not exist still raises.
+        allow_missing: with no weights configured, or a file that does not exist or is not a backbone, switch off
+            (``enabled = False``, one warning naming the file, forward returns 0) instead of raising.
 
     Attributes:
         enabled (bool): False when the loss switched itself off.
@@ -38,20 +38,28 @@ class LPIPSLoss(nn.Module):
         self.loss_weight = float(loss_weight)
         self.enabled = True
         self.lpips: nn.Module | None = None
-        path = resolve_weights(
-            weights,
-            LPIPS_ENV_VAR,
-            f'LPIPS backbone weights for net={net!r}',
-            lpips_weights_hint('train.lpips_opt.weights'),
-            allow_missing=allow_missing,
-        )
-        if path is None:
-            self.enabled = False
-            warn_disabled(
-                'LPIPSLoss', f'no backbone weights configured; set train.lpips_opt.weights or {LPIPS_ENV_VAR}'
+        try:
+            path = resolve_weights(
+                weights,
+                LPIPS_ENV_VAR,
+                f'LPIPS backbone weights for net={net!r}',
+                lpips_weights_hint('train.lpips_opt.weights'),
+                allow_missing=allow_missing,
             )
-            return
-        self.lpips = build_lpips(net, path, option='train.lpips_opt.weights')
+            if path is None:
+                self._disable(f'no backbone weights configured; set train.lpips_opt.weights or {LPIPS_ENV_VAR}')
+                return
+            self.lpips = build_lpips(net, path, option='train.lpips_opt.weights')
+        except (FileNotFoundError, ValueError) as err:  # a configured file that is missing or not a backbone
+            if not allow_missing:
+                raise
+            self._disable(f'{err} (allow_missing: true)')
+
+    def _disable(self, reason: str) -> None:
+        """Switch the loss off with its one warning (``allow_missing``)."""
+        self.enabled = False
+        self.lpips = None
+        warn_disabled('LPIPSLoss', reason)
 
     def train(self, mode: bool = True) -> LPIPSLoss:
         """Switch the module's mode; the frozen LPIPS network always stays in eval mode (no dropout)."""

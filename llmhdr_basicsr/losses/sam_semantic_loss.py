@@ -229,8 +229,8 @@ class SAMSemanticLoss(nn.Module):
         loss_weight: multiplier of the loss. Default: 1.0.
         variant: ``'vit_b'`` | ``'vit_l'`` | ``'vit_h'`` (SAM checkpoints), ``'tiny'`` (random tiny SAM, tests).
         checkpoint: local segment-anything checkpoint for ``variant``; None: ``$LLMHDR_SAM_CHECKPOINT``.
-        allow_missing: with no checkpoint configured, switch off (``enabled = False``, one warning, forward
-            returns 0) instead of raising FileNotFoundError. A configured path that does not exist still raises.
+        allow_missing: with no checkpoint configured, or one that does not exist or cannot be loaded, switch off
+            (``enabled = False``, one warning naming the file, forward returns 0) instead of raising.
         random_weights: random SAM weights, no file (tests, timing).
         input_size: side of SAM's square input in px (multiple of 16; multiples of 224 avoid window padding).
             Default: 224.
@@ -309,30 +309,45 @@ class SAMSemanticLoss(nn.Module):
         self.fingerprint = ''
 
         if not random_weights:
-            self.checkpoint = resolve_weights(
-                checkpoint,
-                SAM_ENV_VAR,
-                f'SAM checkpoint for {variant}',
-                f'set train.sam_opt.checkpoint or {SAM_ENV_VAR} to a local segment-anything checkpoint ({_SAM_FILES}), '
-                f'or set train.sam_opt.allow_missing: true to train without L_sem',
-                allow_missing=allow_missing,
-            )
-            if self.checkpoint is None:
-                self.enabled = False
-                warn_disabled(
-                    'SAMSemanticLoss (L_sem)',
-                    f'no SAM checkpoint configured; set train.sam_opt.checkpoint or {SAM_ENV_VAR} to enable it',
+            try:
+                self.checkpoint = resolve_weights(
+                    checkpoint,
+                    SAM_ENV_VAR,
+                    f'SAM checkpoint for {variant}',
+                    f'set train.sam_opt.checkpoint or {SAM_ENV_VAR} to a local segment-anything checkpoint '
+                    f'({_SAM_FILES}), or set train.sam_opt.allow_missing: true to train without L_sem',
+                    allow_missing=allow_missing,
                 )
+            except FileNotFoundError as err:  # a configured path that does not exist
+                if not allow_missing:
+                    raise
+                self._disable(f'{err} (allow_missing: true)')
+                return
+            if self.checkpoint is None:
+                self._disable(f'no SAM checkpoint configured; set train.sam_opt.checkpoint or {SAM_ENV_VAR} to enable '
+                              'it')  # fmt: skip
                 return
 
         sam = build_tiny_sam() if variant == 'tiny' else _SAM_BUILDERS[variant](checkpoint=None)
         if self.checkpoint is not None:
-            load_into(sam, load_state_dict_file(self.checkpoint), self.checkpoint, f'SAM variant {variant!r}')
+            try:
+                load_into(sam, load_state_dict_file(self.checkpoint), self.checkpoint, f'SAM variant {variant!r}')
+            except ValueError as err:  # not a checkpoint, or one of another variant
+                if not allow_missing:
+                    raise
+                self._disable(f'{err} (allow_missing: true)')
+                return
         set_sam_input_size(sam, self.input_size)
         self.sam = freeze_module(sam)
         self.register_buffer('points', point_grid(self.points_per_side, self.input_size), False)
         self.register_buffer('labels', torch.ones(self.points.shape[:2], dtype=torch.int64), False)
         self.fingerprint = self._fingerprint()
+
+    def _disable(self, reason: str) -> None:
+        """Switch the loss off with its one warning (``allow_missing``)."""
+        self.enabled = False
+        self.checkpoint = None
+        warn_disabled('SAMSemanticLoss (L_sem)', reason)
 
     @property
     def mask_shape(self) -> tuple[int, int, int]:

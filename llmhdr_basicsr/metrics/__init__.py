@@ -1,6 +1,2 @@
-"""Registering modules of llmhdr_basicsr.metrics (BasicSR does not scan metric folders)."""
-
-from . import (
-    hdr_metric,  # noqa: F401
-    lpips_metric,  # noqa: F401
-)
+"""The metrics of llmhdr_basicsr; :mod:`llmhdr_basicsr.plugin` imports the registering modules (kept out of this
+file so that importing one module does not import them all)."""

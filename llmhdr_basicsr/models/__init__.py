@@ -1,3 +1,2 @@
-"""Registering modules of llmhdr_basicsr.models (imported explicitly, not by folder scan)."""
-
-from . import cyclehdr_model, paired_hdr_model  # noqa: F401
+"""The models of llmhdr_basicsr; :mod:`llmhdr_basicsr.plugin` imports the registering modules (kept out of this
+file so that importing one module does not import them all)."""

@@ -14,7 +14,9 @@ only defines its networks, ``feed_data``, ``optimize_parameters``, ``test`` and 
 - validation (``nondist_validation``): the registered HDR metrics on float linear HDR (the clipped-region metrics get
   the LDR input), ``.exr``/``.hdr`` + tone-mapped preview PNG, previews and metrics in tensorboard;
 - checkpoints: BasicSR's layout ``{param_key: state_dict, 'arch': {...}}`` written atomically, networks before the
-  ``.state`` file, so that a ``.state`` file implies complete networks.
+  ``.state`` file, so that a ``.state`` file implies complete networks; the training state also carries the random
+  state, the data position and the image pools (:mod:`llmhdr_basicsr.utils.rng_state`), so ``--auto_resume``
+  continues exactly.
 
 Subclasses set ``self.headroom`` (the HDR domain of their generators) and call :meth:`init_hdr_options` first.
 """
@@ -36,6 +38,8 @@ from basicsr.utils.registry import METRIC_REGISTRY
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 from tqdm import tqdm
 
+from llmhdr_basicsr.utils import rng_state
+from llmhdr_basicsr.utils.checkpoint_arch import network_opt_from_checkpoint
 from llmhdr_basicsr.utils.fileio import atomic_write
 from llmhdr_basicsr.utils.hdr_io import write_hdr, write_ldr
 from llmhdr_basicsr.utils.options import check_keys
@@ -68,8 +72,10 @@ class HDRBaseModel(BaseModel):
 
     # ------------------------------------------------------------------------------------------------ construction
     def build_net(self, name: str):
-        """Build ``network_<name>``, move it to the device and load ``path.pretrain_network_<name>`` if set."""
+        """Build ``network_<name>`` (completed from the checkpoint's ``arch`` entry, so test option files need only
+        the path), move it to the device and load ``path.pretrain_network_<name>`` if set."""
         key = f'network_{name}'
+        self.opt[key] = network_opt_from_checkpoint(self.opt, name)
         try:
             net = build_network(self.opt[key])
         except TypeError as err:  # unknown / misspelt constructor option
@@ -316,9 +322,11 @@ class HDRBaseModel(BaseModel):
         }
         if getattr(self, 'amp_dtype', None) is torch.float16:
             state['scaler'] = self.scaler.state_dict()
+        state.update(rng_state.training_state_extras(self))  # random state, data position, image pools: exact resume
         self._atomic_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
 
     def resume_training(self, resume_state):
         super().resume_training(resume_state)
+        rng_state.restore_training_extras(self, resume_state)
         if 'scaler' in resume_state and getattr(self, 'amp_dtype', None) is torch.float16:
             self.scaler.load_state_dict(resume_state['scaler'])

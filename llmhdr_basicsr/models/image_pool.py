@@ -13,7 +13,8 @@ class ImagePool:
     ``query(images)`` returns a batch of the same size in which each image is, with probability 0.5 once the pool is
     full, swapped for a random older one (which the new image then replaces). This reduces discriminator oscillation
     (CycleGAN Sec. 4, pool of 50). ``pool_size=0`` returns the input unchanged. The pool stores detached tensors on
-    the device they came from and starts empty again after a resume (as in the reference implementation).
+    the device they came from; :meth:`state_dict` / :meth:`load_state_dict` carry it through a checkpoint (the
+    training state), so a resumed run sees the same history (the reference implementation starts empty again).
 
     Args:
         pool_size: capacity in images.
@@ -47,3 +48,12 @@ class ImagePool:
         if any(o.shape != out[0].shape for o in out):
             return images
         return torch.cat(out, 0)
+
+    def state_dict(self) -> dict:
+        """``{'pool_size': int, 'images': [(1, C, H, W) CPU tensors]}``: the pool as it is now."""
+        return {'pool_size': self.pool_size, 'images': [image.cpu() for image in self.images]}
+
+    def load_state_dict(self, state: dict, device: torch.device | str | None = None) -> None:
+        """Restore :meth:`state_dict`'s output; images go to ``device`` (default: where they were loaded)."""
+        self.pool_size = int(state['pool_size'])
+        self.images = [image if device is None else image.to(device) for image in state['images']]

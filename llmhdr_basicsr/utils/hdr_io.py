@@ -8,9 +8,11 @@ Reading
   file and the counts.
 - LDR: 8- or 16-bit ``.png``, ``.tif``/``.tiff``, ``.jpg``/``.jpeg``, ``.bmp``, ``.webp`` -> ``(H, W, 3)`` float32
   **display-referred** RGB in [0, 1] (code value / 255 or / 65535; the sRGB transfer function is *not* removed).
-- Grey images become three equal channels; an alpha channel is dropped.
+- Grey images become three equal channels; an alpha channel is dropped, with one warning per file (the outputs are
+  RGB: HDR files and the model have no alpha).
 - A missing file raises ``FileNotFoundError``; a file that cannot be decoded raises :class:`ImageReadError`; both
-  name the file. HDR data is never converted to 8 bit on the way: an integer file asked for as HDR is an error.
+  name the file (OpenCV's and libpng's own messages are kept off the terminal: :mod:`llmhdr_basicsr.utils.quiet`).
+  HDR data is never converted to 8 bit on the way: an integer file asked for as HDR is an error.
 
 Writing
 
@@ -22,7 +24,8 @@ Writing
   a half-written image under the final name.
 
 OpenCV 4.x reads and writes EXR only with ``OPENCV_IO_ENABLE_OPENEXR=1``; this module sets that default itself, so
-callers never have to (opencv-python 5.x wheels have no EXR codec at all, hence the ``<5`` pin).
+callers never have to (opencv-python 5.x wheels have no EXR codec at all, hence the ``<5`` pin). Reading our ``.exr``
+files with OpenCV in your own code needs the same variable (set it before the first EXR is read).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from llmhdr_basicsr.utils.fileio import atomic_write_bytes  # noqa: E402
+from llmhdr_basicsr.utils.quiet import opencv_quiet, png_problem  # noqa: E402
 
 logger = logging.getLogger('basicsr.llmhdr')
 
@@ -72,7 +76,11 @@ def _decode(path: str) -> np.ndarray:
     if not osp.isfile(path):
         raise FileNotFoundError(f'Image file not found: {path}')
     data = np.fromfile(path, dtype=np.uint8)  # also handles non-ASCII paths
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    problem = png_problem(data) if data.size else 'empty file'
+    if problem is not None:  # found before libpng prints its own "libpng error" line
+        raise ImageReadError(f'Cannot decode image file ({problem}): {path}')
+    with opencv_quiet():
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None and extension(path) == '.exr':
         img = _read_exr_openexr(path)
     if img is None:
@@ -103,11 +111,14 @@ def _read_exr_openexr(path: str) -> np.ndarray | None:
 def to_rgb3(img: np.ndarray, name: str = '<array>') -> np.ndarray:
     """OpenCV layout (H, W), (H, W, 1), BGR or BGRA -> (H, W, 3) RGB (grey replicated, alpha dropped).
 
-    ``name`` (the file) is named in the error raised for other channel counts.
+    ``name`` (the file) is named in the error raised for other channel counts and in the one warning per file about
+    a dropped alpha channel.
     """
     if img.ndim == 2:
         img = img[..., None]
     channels = img.shape[2]
+    if channels in (2, 4):
+        _warn_alpha(name)
     if channels == 1:
         return np.repeat(img, 3, axis=2)
     if channels == 2:  # grey + alpha
@@ -115,6 +126,17 @@ def to_rgb3(img: np.ndarray, name: str = '<array>') -> np.ndarray:
     if channels in (3, 4):
         return np.ascontiguousarray(img[..., 2::-1])
     raise ImageReadError(f'{name}: unsupported number of channels: {channels} (expected 1, 2, 3 or 4)')
+
+
+_ALPHA_WARNED: set[str] = set()
+
+
+def _warn_alpha(name: str) -> None:
+    """One warning per file (and process) that its alpha channel is not used."""
+    if name in _ALPHA_WARNED or name == '<array>':
+        return
+    _ALPHA_WARNED.add(name)
+    logger.warning(f'{name}: alpha channel dropped (the outputs are RGB; composite the image first if it matters)')
 
 
 def sanitize_hdr(img: np.ndarray, name: str = '<array>') -> np.ndarray:

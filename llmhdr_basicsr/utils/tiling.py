@@ -79,9 +79,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: Default tile edge and overlap (pixels) of the command-line tools.
-DEFAULT_TILE = 512
-DEFAULT_OVERLAP = 32
+from .defaults import DEFAULT_OVERLAP, DEFAULT_TILE  # noqa: F401  (re-exported; the CLIs' defaults)
 
 
 class Tile(NamedTuple):

@@ -251,8 +251,7 @@ pu21_encode_np = numpy_twin(pu21_encode, channel_axis=False)
 reinhard2002_np = numpy_twin(reinhard2002)
 luminance_np = numpy_twin(luminance)
 
-#: Preview tone operators by name (``--preview`` of the CLIs, validation previews): linear HDR -> display [0, 1].
-PREVIEW_OPERATORS = ('reinhard', 'exposure', 'mu')
+from .defaults import PREVIEW_OPERATORS  # noqa: E402  (re-exported: the --preview operators, linear HDR -> [0, 1])
 
 
 def tonemap_preview(x: torch.Tensor, method: str = 'reinhard', stops: float = 0.0) -> torch.Tensor:

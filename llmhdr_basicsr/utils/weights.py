@@ -9,8 +9,10 @@ weights and nothing may be downloaded at run time). The lookup order is always
 3. nothing: a :class:`FileNotFoundError` that says what to put where, or ``None`` when the caller allows the
    component to be missing (it then switches itself off and warns once).
 
-A path that *is* configured but does not exist is always an error, also with ``allow_missing=True``: a typo in a
-YAML file must not silently disable a loss for a whole training run.
+A path that *is* configured but does not exist is an error of :func:`resolve_weights` in any case; the losses with
+``allow_missing: true`` catch it (and a file that exists but is not a usable checkpoint) and switch themselves off
+with one warning that names the file, the same as when nothing is configured: a training run does not stop for an
+optional loss, and the warning says which path to fix.
 
 Also here, shared by the three backbone users: :func:`freeze_module` (eval mode, no parameter gradients),
 :func:`warn_disabled` (the single warning of a loss that switched itself off) and :class:`LRUCache` (the in-memory
