@@ -611,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.json).write_text(json.dumps({'command': command, 'split': record, 'tables': tables}, indent=1))
         return 0
 
-    todo = [(v, s) for v in args.variant_list for s in args.seeds
+    todo = [(v, s) for s in args.seeds for v in args.variant_list  # seed-major: every variant's first seed first
             if cached_run(args, split, work, name_of(v), s, overrides_of(v)) is None]  # fmt: skip
     print(f'{len(args.variant_list) * len(args.seeds) - len(todo)} run(s) reused, {len(todo)} to train: '
           + ', '.join(f'{v}:{s}' for v, s in todo), flush=True)  # fmt: skip

@@ -11,7 +11,7 @@ linearisation, Liu et al. CVPR 2020).
 
 For input ``x`` and the generator's bottleneck feature ``e``::
 
-    w = tau * softplus((bias + W . mean_hw(e) / C) / tau)            (N, K) > 0, per image
+    w = tau * softplus((bias + W_e . mean_hw(e) / C + W_h . hist(x)) / tau)   (N, K) > 0, per image
     base_lin = (c_0(x) + sum_k w_k c_k(x)) / (1 + sum_k w_k)          convex mixture, anchored at c_0 = sRGB
 
 ``c_k`` are fixed camera curves (:data:`DEFAULT_BASIS`: gamma 1.8/2.2/2.6/3.2, sigmoid and logistic curves of the
@@ -26,7 +26,10 @@ Two details keep the curve alive under Adam, which moves every parameter by abou
 whatever the size of its gradient. The weights are a soft clamp ``tau * softplus(z / tau)`` (:data:`SOFTNESS`
 ``tau`` = 0.01: about ``z`` above ``tau``, a small but never zero gradient below 0), where ``relu`` passed no gradient
 and a weight pushed below 0 for every image stayed there. And ``W`` acts on the feature mean divided by its ``C``
-channels: ``C`` weights moving by ``lr`` each would move ``z`` up to ``C`` times faster than the bias. With ``relu``
+channels: ``C`` weights moving by ``lr`` each would move ``z`` up to ``C`` times faster than the bias. The input
+histograms (:class:`ImageHistogram`, two of them, each summing to 1) are not divided: all their weights moving by
+``lr`` move ``z`` by at most ``2 lr``, and divided by the channel count they learned nothing in a benchmark budget
+(the predicted weights were the same for every image to three decimals). With ``relu``
 and no ``1 / C`` the quality benchmark's curve died within minutes: every test image's ``z`` ended between -0.05 and
 -0.005, the curve alone scored exactly the linearisation (22.83 dB PU21-PSNR) and the generator fell from 23.82 dB
 after 2 minutes to 22.41 dB after 20 (``benchmarks/README.md``).
@@ -170,12 +173,12 @@ class CRFBasisBase(nn.Module):
     def weights(self, feat: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """``(N, K)`` positive mixture weights of the basis curves (the sRGB anchor has weight 1), from the feature
         ``(N, C, h, w)`` and, with histograms, the input ``x`` ``(N, 3, H, W)``."""
-        parts = [self.pool(feat)]
+        features = self.pool(feat) / feat.size(1)  # C bottleneck channels: each weight acts 1/C as strongly
         if self.hist is not None:
             if x is None:
                 raise ValueError('CRFBasisBase.weights: the histogram features need the input x')
-            parts.append(self.hist(x).to(parts[0]))
-        return soft_clamp(self.bias + self.proj(torch.cat(parts, dim=1)) / self.proj.in_features)
+            features = torch.cat([features, self.hist(x).to(features)], dim=1)  # sum to 2: no scaling needed
+        return soft_clamp(self.bias + self.proj(features))
 
     def forward(self, x: torch.Tensor, feat: torch.Tensor, detach_weights: bool = False) -> torch.Tensor:
         """Map ``x`` ``(N, 3, H, W)`` through the per-image curve of ``feat`` ``(N, C, h, w)``; ``detach_weights``:

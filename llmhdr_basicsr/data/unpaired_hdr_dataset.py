@@ -260,7 +260,7 @@ class UnpairedLDRHDRDataset(HDRDatasetBase):
         camera = None
         if self.is_train and self.virtual_camera is not None:  # exposure fixed on the whole frame, as a camera would
             camera = random_camera(rng, **self.virtual_camera)
-            camera.exposure = exposure_for_clip_fraction(hdr, camera.clip_fraction, camera.wb_gains)
+            camera.exposure = exposure_for_clip_fraction(hdr, camera.clip_fraction, camera.wb_gains, stride=2)
         top, left, crop_h, crop_w, flip_code = 0, 0, full_h, full_w, 0
         if self.is_train:
             if self.crop_size is not None:
