@@ -74,7 +74,7 @@ SECTIONS = ('step', 'extras', 'infer', 'data', 'profile')
 DEFAULT_SECTIONS = ('step', 'extras', 'infer', 'data')
 CHILD_TAG = 'SPEED_CHILD_RESULT '
 
-#: Tiny open_clip image tower for ``--tiny`` (offline-assets.md §4), registered under this name.
+#: Tiny open_clip image tower for ``--tiny`` (random weights, no download), registered under this name.
 TINY_CLIP_ARCH = 'llmhdr-speed-tiny-clip'
 TINY_CLIP_CFG = {
     'embed_dim': 64,

@@ -7,7 +7,7 @@ Usage::
     llmhdr-infer -i scenes/ -o ldr/ --direction hdr2ldr --weights net_g_hdr2ldr_200000.pth -opt options/llmhdr.yml
 
 (also ``python -m llmhdr_basicsr.infer``). Every input keeps its name: ``<stem><suffix>.exr`` (linear HDR) and
-``<stem><suffix>_<preview>.png`` (a tone-mapped 8-bit preview next to it, style.md A.7, B.5) for LDR->HDR;
+``<stem><suffix>_<preview>.png`` (a tone-mapped 8-bit preview next to it) for LDR->HDR;
 ``<stem><suffix>.png`` (8 or 16 bit) for HDR->LDR. Unreadable files are skipped with a warning and listed at the end;
 the exit status is 0 when every input was written, 1 when any was skipped (the others are still written), 2 for a
 usage or set-up error.
@@ -25,7 +25,7 @@ Checkpoints are BasicSR's ``{'params': ..., 'params_ema': ...}`` dicts (``--para
 present, else ``params``), loaded on the CPU with ``torch.load(weights_only=True)``; missing or unexpected keys are
 an error that lists them.
 
-Value conventions (method.md §5 and ``CycleHDRModel.to_linear`` / ``to_model_hdr``):
+Value conventions (``docs/method.md`` and ``CycleHDRModel.to_linear`` / ``to_model_hdr``):
 
 - LDR->HDR input: 8/16-bit sRGB (grey is replicated to RGB, alpha dropped), display-referred in [0, 1]. The
   FeedbackUNet outputs ``T(H / 2^headroom)`` (mu-law, mu = 5000); the written file is linear Rec.709 RGB
@@ -331,7 +331,7 @@ def _check_direction(
 
 
 def _guidance_encoder(loaded: LoadedNetwork, clip_checkpoint: str | None, device: torch.device):
-    """The frozen CLIP encoder of a generator built with ``guidance_dim > 0`` (method.md §2.3), or None."""
+    """The frozen CLIP encoder of a generator built with ``guidance_dim > 0``, or None."""
     dim = int(getattr(loaded.net, 'guidance_dim', 0) or 0)
     if not dim:
         return None

@@ -1,10 +1,9 @@
 """``llmhdr-perceive`` / ``python -m llmhdr_basicsr.perceive``: fill the perception cache from a local VLM server.
 
 For every image of a folder (or one file) the VLM is asked, with the paper's generator-guidance prompt (or the loss
-prompt, ``--prompt loss``), where the image shows artifacts, over- and under-exposure (method.md Sec. 3); the answer
-is rasterised into ``(3, h, w)`` maps ``[artifact, over, under]`` and stored in ``--cache`` (see
-:mod:`llmhdr_basicsr.perception.cache`). Training reads that cache and uses the heuristic maps for images without an
-entry.
+prompt, ``--prompt loss``), where the image shows artifacts, over- and under-exposure; the answer is rasterised into
+``(3, h, w)`` maps ``[artifact, over, under]`` and stored in ``--cache`` (see :mod:`llmhdr_basicsr.perception.cache`).
+Training reads that cache and uses the heuristic maps for images without an entry.
 
 Behaviour
 

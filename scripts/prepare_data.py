@@ -3,7 +3,7 @@
 
 Sub-commands (``python scripts/prepare_data.py <command> -h`` for the options):
 
-- ``split``: a paired LDR/HDR dataset -> the unpaired training layout of method.md §8 ([INFERRED] recipe: two
+- ``split``: a paired LDR/HDR dataset -> the unpaired training layout (this project's recipe; the paper gives none: two
   DISJOINT halves of the scenes, LDRs from one and HDRs from the other) plus a held-out paired test set::
 
       OUT/train_ldr/   LDR images of the LDR-half scenes (and of scenes that only have an LDR)
@@ -83,7 +83,7 @@ class Preset:
 
     ``ldr`` / ``hdr`` are ``(group, glob)`` pairs; files of a non-empty group get the group as a name prefix and
     a scene-key namespace (so ``HDR-Synth/.../0001`` and ``HDR-Real/.../0001`` are different scenes). The regexes give
-    the scene key (module docstring). These layouts are ASSUMPTIONS about the public releases (method.md §8 gives only
+    the scene key (module docstring). These layouts are ASSUMPTIONS about the public releases (the paper gives only
     the names); check them against your copy and override with --scene-regex or plain --ldr/--hdr folders.
     """
 

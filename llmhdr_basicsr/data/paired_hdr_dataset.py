@@ -49,7 +49,7 @@ def match_by_stem(lq_paths: list[str], gt_paths: list[str], name: str) -> list[t
 
 @DATASET_REGISTRY.register()
 class PairedLDRHDRDataset(HDRDatasetBase):
-    """LDR images and their HDR ground truth (method.md §9 evaluation; also usable for supervised training).
+    """LDR images and their HDR ground truth (evaluation, and supervised training with ``PairedHDRModel``).
 
     Files are paired by **name without extension** (``0001.png`` with ``0001.hdr``), not by sorted order; a file
     without a partner is an error naming it.

@@ -47,7 +47,7 @@ def global_view_np(img: np.ndarray, size: int) -> np.ndarray:
 
     Area-averaged resize (``cv2.INTER_AREA``; bilinear when enlarging) to a square, aspect ratio not kept (the CLIP and
     SAM inputs are square and squashed the same way); quantised to 8 bits, which ``hist_equalize`` (the only consumer,
-    method.md §6.4) does anyway, so the memo of the dataset holds 3 bytes per pixel.
+    the contrastive and semantic losses) does anyway, so the memo of the dataset holds 3 bytes per pixel.
     """
     h, w = img.shape[:2]
     interp = cv2.INTER_AREA if size <= min(h, w) else cv2.INTER_LINEAR
@@ -82,12 +82,12 @@ def parse_exposure_range(value: object, name: str) -> tuple[float, float] | None
 
 @DATASET_REGISTRY.register()
 class UnpairedLDRHDRDataset(HDRDatasetBase):
-    """Unpaired LDR and HDR images for cycle-consistent training (CycleHDR, method.md §1 and §8).
+    """Unpaired LDR and HDR images for cycle-consistent training (CycleHDR; ``docs/method.md``).
 
     The two domains are unrelated: sample ``i`` is LDR image ``i`` together with an HDR image drawn **at random**
     (uniformly, anew at every ``__getitem__``), so every epoch pairs the LDR images with different HDR images — unlike
-    ``index % len`` pairing, which repeats the same pairs each epoch (the LPTN pitfall, style.md A.8; the random
-    partner is CycleGAN's ``unaligned_dataset``, style.md A.4). ``len(dataset)`` is the number of LDR images: one
+    ``index % len`` pairing, which repeats the same pairs each epoch (a pitfall of some unpaired code bases; the
+    random partner is CycleGAN's ``unaligned_dataset``). ``len(dataset)`` is the number of LDR images: one
     epoch shows every LDR image once and on average ``len(LDR) / len(HDR)`` draws of each HDR image. In the val/test
     phases the partner is ``hdr[index % len(HDR)]`` instead, so that validation is repeatable.
 
@@ -108,7 +108,7 @@ class UnpairedLDRHDRDataset(HDRDatasetBase):
       are black at that percentile).
     - ``hdr_exposure_aug`` (default null = off): ``[low, high]`` in stops; train phase: the normalised HDR crop is
       multiplied by ``2 ** U(low, high)``.
-    - ``maps_cache`` (optional): a perception cache folder written by ``llmhdr-perceive`` (method.md §3: artifact,
+    - ``maps_cache`` (optional): a perception cache folder written by ``llmhdr-perceive`` (the paper's artifact,
       over- and under-exposure maps of the LDR input from a VLM, keyed by file content and prompt; see
       :mod:`llmhdr_basicsr.perception.cache`); ``maps_cache_model`` / ``maps_cache_config`` choose the configuration
       when the folder holds several. The maps are resized to the LDR image and cut/flipped with the same window. An
@@ -117,7 +117,7 @@ class UnpairedLDRHDRDataset(HDRDatasetBase):
     - ``cache_images`` (default false): keep all decoded (and normalised) images in memory, see
       :mod:`llmhdr_basicsr.data.dataset_util`.
     - ``global_size`` (default 224): side of the whole-image LDR view ``ldr_global`` that the CLIP/SAM losses cache
-      per image (:mod:`llmhdr_basicsr.utils.ldr_view`; issue 5: with random crops a crop-keyed cache never hits).
+      per image (:mod:`llmhdr_basicsr.utils.ldr_view`: with random crops a crop-keyed cache never hits).
       Use at least the CLIP/SAM input size (224 for ViT-B-32 and SAMSemanticLoss's default), or detail is lost.
       ``0`` / ``null``: no whole-image view; the three ``ldr_global`` / ``ldr_image_key`` / ``ldr_window`` keys are
       then absent and the losses fall back to the crop (cached by ``ldr_key``, which random crops rarely repeat).

@@ -1,4 +1,4 @@
-"""CLIP contrastive loss L_con (method.md §6.4) and the CLIP embeddings of the generator guidance (§1, §2.3).
+"""CLIP contrastive loss L_con and the CLIP embeddings of the generator guidance.
 
 The paper [STATED]: a frozen CLIP image encoder E embeds the histogram-equalised LDR input h(x_i) and the
 reconstruction; the positive pair is (h(x_i), its own reconstruction), the negatives are the other images of the
@@ -10,7 +10,7 @@ with a fallback to ``1 - cos`` for a batch of one (see :func:`info_nce`). The sa
 ``concat(E(x), E(y_t))`` for the feedback generator's guidance input (``guidance_dim = 2 * embed_dim``): see
 :meth:`CLIPContrastiveLoss.embed` and :meth:`CLIPContrastiveLoss.embed_ldr`.
 
-Which LDR is embedded (``ldr_view``, issue 5): the paper's positive pair is the equalised LDR input and its
+Which LDR is embedded (``ldr_view``): the paper's positive pair is the equalised LDR input and its
 reconstruction. Training crops are random, so an embedding of the LDR *crop* is new at every step and a cache of it
 never hits. With ``ldr_view: image`` (the default whenever the batch carries the whole-image view of
 :mod:`llmhdr_basicsr.utils.ldr_view`, i.e. ``UnpairedLDRHDRDataset`` with ``global_size``) the LDR side is
@@ -64,7 +64,7 @@ OPENAI_DATASET_STD = (0.26862954, 0.26130258, 0.27577711)
 def info_nce(
     e_ldr: torch.Tensor, e_out: torch.Tensor, temperature: float, same_image: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """InfoNCE of L_con (method.md §6.4) with same-image pairs masked out of the denominator.
+    """InfoNCE of L_con with same-image pairs masked out of the denominator.
 
     Row ``i`` scores LDR ``i`` against every reconstruction ``j``: ``-log softmax_j(cos(e_ldr_i, e_out_j) / tau)[i]``,
     where columns ``j != i`` with ``same_image[i, j]`` (another crop of the same image: not a negative) are left out.
@@ -96,7 +96,7 @@ def info_nce(
 
 
 def register_open_clip_config(name: str, model_cfg: dict) -> None:
-    """Register a custom open_clip model config under ``name`` (e.g. the tiny test config of offline-assets.md §4).
+    """Register a custom open_clip model config under ``name`` (e.g. a tiny test config with random weights).
 
     Args:
         name: architecture name to register; must not be one of open_clip's built-in configs with a different body.
@@ -151,7 +151,7 @@ class CLIPContrastiveLoss(nn.Module):
             loss off (``enabled = False``, one warning naming the file, forward returns 0) instead of raising.
         random_weights: build the architecture with random weights and load nothing (tests, timing).
         model_cfg: custom open_clip config registered under ``arch`` (tests: the tiny config of
-            offline-assets.md §4).
+            no weights are downloaded).
         temperature: InfoNCE temperature tau (CLIP's initial 0.07; the paper's value is unknown). Default: 0.07.
         image_size: encoder input size; None = the architecture's (224 for ViT-B-32). Another size resizes the
             checkpoint's position embeddings (open_clip's bicubic resize).
@@ -364,7 +364,7 @@ class CLIPContrastiveLoss(nn.Module):
             output: ``(N, 3, H, W)`` reconstruction, display-referred in [0, 1]: the tone-mapped (mu-law) HDR output
                 of G_Y, or the LDR output of G_X. Gradients flow to it.
             ldr: ``(N, 3, H, W)`` LDR input x, display-referred (sRGB) in [0, 1]; equalised here (OpenCV
-                ``equalizeHist`` on the luma, method.md §6.4), never differentiated.
+                ``equalizeHist`` on the luma), never differentiated.
             keys: per-image cache keys of ``ldr`` (see the class docstring), or None; used in ``crop`` mode.
             output_embed: ``embed(output)`` when the caller already has it (the guidance path), saving one pass.
             global_view: the whole-image LDR view of the batch (:meth:`LDRGlobalView.from_batch`), or None. Decides

@@ -1,10 +1,10 @@
-"""SAM semantic loss L_sem (method.md §6.5): the reconstruction must keep the segments SAM finds in the LDR input.
+"""SAM semantic loss L_sem: the reconstruction must keep the segments SAM finds in the LDR input.
 
 The paper [STATED] runs SAM on the histogram-equalised LDR input h(x) and on the tone-mapped reconstruction and
 compares the two segmentations; how, and how it stays differentiable, is [UNKNOWN]. Two [INFERRED] formulations,
 both built on the same fixed prompts and the same cached LDR masks:
 
-- ``'segment_consistency'`` (method.md §6.5 option (c), the default): SAM runs only on h(x), without gradient, once
+- ``'segment_consistency'`` (the default): SAM runs only on h(x), without gradient, once
   per LDR image (cached). For each LDR mask the reconstruction's luminance should be coherent inside the segment:
   the loss is the area-weighted within-segment variance of the output luminance, divided by the output's total
   variance (``1 - R^2`` of explaining the output by segment membership; in [0, 1], invariant to the output's
@@ -16,7 +16,7 @@ both built on the same fixed prompts and the same cached LDR masks:
   to the reconstruction. Closer to "SAM segments both and they are compared", but one ViT forward + backward per
   step.
 
-Which LDR is segmented (``ldr_view``, issue 5). Training crops are random, so SAM masks of the LDR *crop* are new at
+Which LDR is segmented (``ldr_view``). Training crops are random, so SAM masks of the LDR *crop* are new at
 every step and a cache of them never hits. With ``ldr_view: image`` (the default whenever the batch carries the
 whole-image view of :mod:`llmhdr_basicsr.utils.ldr_view`, i.e. ``UnpairedLDRHDRDataset`` with ``global_size``):
 
@@ -216,7 +216,7 @@ def mask_agreement(logits: torch.Tensor, targets: torch.Tensor, eps: float = 1.0
 
 @LOSS_REGISTRY.register()
 class SAMSemanticLoss(nn.Module):
-    """Semantic segmentation loss L_sem with a frozen SAM (method.md §6.5); formulations in the module docstring.
+    """Semantic segmentation loss L_sem with a frozen SAM; formulations in the module docstring.
 
     SAM is frozen (eval mode, ``requires_grad=False``, kept in eval mode when the owner calls ``.train()``). LDR
     masks come from ``hist_equalize`` of the whole LDR image (``ldr_view: image``, cut to each crop) or of the crop,

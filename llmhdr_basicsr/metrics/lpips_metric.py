@@ -1,11 +1,11 @@
 """LPIPS (Zhang et al. 2018) as a BasicSR metric, with the backbone loaded from a local torchvision checkpoint.
 
 The ``lpips`` wheel ships only the linear heads (``lpips/weights/v0.1/{alex,vgg,squeeze}.pth``); the ImageNet
-backbone would be downloaded by torchvision, which is not allowed (offline-assets.md §3). Here the network is built
-with a random backbone (``pnet_rand=True``) plus the shipped heads, and the backbone weights are then copied from a
+backbone would be downloaded by torchvision, and nothing is downloaded at run time. Here the network is built with a
+random backbone (``pnet_rand=True``) plus the shipped heads, and the backbone weights are then copied from a
 local torchvision checkpoint: ``weights`` option > ``LLMHDR_LPIPS_BACKBONE`` > a clear FileNotFoundError.
 
-HDR protocol (method.md §9, [INFERRED] common practice): the steps of :mod:`llmhdr_basicsr.metrics.hdr_metric`
+HDR protocol (common practice; the paper states none): the steps of :mod:`llmhdr_basicsr.metrics.hdr_metric`
 (validation, crop, scale alignment), then both images divided by the ground truth's maximum, clipped to [0, 1],
 mu-law compressed (mu = 5000, the PSNR-mu domain) and scaled to [-1, 1]; AlexNet LPIPS by default.
 """
@@ -146,8 +146,8 @@ def calculate_lpips(
     ``domain='hdr'`` follows the protocol of :mod:`llmhdr_basicsr.metrics.hdr_metric` (validation, sanitising,
     ``crop_border``, scale alignment :func:`~llmhdr_basicsr.metrics.hdr_metric.align_scale`), then the PSNR-mu
     domain: both images divided by the ground truth's maximum, clipped to [0, 1], mu-law (mu = 5000), and scaled to
-    [-1, 1] for LPIPS (method.md §9). ``domain='ldr'`` compares display-referred images as they are (the HDR->LDR
-    tone-mapping evaluation, method.md §10.2).
+    [-1, 1] for LPIPS. ``domain='ldr'`` compares display-referred images as they are (the HDR->LDR
+    tone-mapping evaluation).
 
     Args:
         img: prediction, RGB. ``'hdr'``: linear HDR, relative scale, numpy ``(H, W, 3)`` / ``(N, H, W, 3)`` float or

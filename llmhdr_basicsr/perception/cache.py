@@ -1,6 +1,6 @@
 """On-disk cache of VLM perception maps: one ``.npz`` per (image content, prompt/model configuration).
 
-The VLM backend (method.md Sec. 3.4: "run as a pre-processing pass rather than at every training step") is queried
+The VLM backend (run as a pre-processing pass rather than at every training step) is queried
 once per image by ``llmhdr-perceive``; training reads the maps back with :meth:`PerceptionCache.lookup` and falls back
 to the heuristic maps for images that have no entry.
 

@@ -1,10 +1,10 @@
 """Client for a locally served vision-language model (VLM) that marks artifacts, over- and under-exposure.
 
-This is the optional VLM backend of the perception module (method.md Sec. 3, offline-assets.md Sec. 5). It is meant
+This is the optional VLM backend of the perception module. It is meant
 for a pre-processing pass (``llmhdr-perceive``), not for every training step: the answers are rasterised into
 ``(3, H, W)`` maps and stored by :mod:`llmhdr_basicsr.perception.cache`.
 
-Wire protocol (offline-assets.md Sec. 5.3, client rules 1-7)
+Wire protocol (what local OpenAI-compatible and Ollama servers accept)
 
 - ``dialect='openai'`` (default): ``POST {base_url}/chat/completions`` with a system message and one user turn whose
   content is ``[text part, image_url part]`` (text first, rule 3); the image is an inline
@@ -72,7 +72,7 @@ DIALECTS = ('openai', 'ollama')
 LABELS = ('artifact', 'overexposed', 'underexposed')  # map channel order: [artifact, over, under]
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Default prompts: the paper's two prompts (method.md Sec. 3.1, LLM-HDR README assets/llm.png and assets/llm-loss.png),
+# Default prompts: the paper's two prompts (LLM-HDR README, assets/llm.png and assets/llm-loss.png),
 # adapted to ask for boxes as JSON instead of coloured saliency maps / pixel lists in .txt files (a local VLM cannot
 # return images or files). The colour names of the original prompts are kept as hints and accepted as label aliases.
 # ---------------------------------------------------------------------------------------------------------------------
@@ -88,7 +88,7 @@ _JSON_FORMAT = (
 )
 
 # Generator-guidance prompt (assets/llm.png): Yes/No artifact question; on Yes, saliency maps with artifacts in red,
-# over-exposure in blue, under-exposure in yellow. The maps gate the generator (method.md Sec. 3.3).
+# over-exposure in blue, under-exposure in yellow. The maps gate the generator.
 GUIDANCE_PROMPT = (
     'Does this image show any synthesis artifacts, such as halos, banding, blotches, ringing, colour shifts, '
     'noise or unnatural textures left by image reconstruction? Answer Yes (true) or No (false) in "artifacts". '
@@ -427,7 +427,7 @@ def report_to_maps(report: VLMReport, height: int, width: int, soft_edge: float 
 def map_fractions(maps: np.ndarray) -> np.ndarray:
     """Fractions of "bad" pixels per map: the mean of each channel (confidence-weighted pixel count / total count).
 
-    This is the paper's [count, total] answer of the loss prompt (method.md Sec. 3.1, 6.6) in soft form.
+    This is the paper's [count, total] answer of the loss prompt in soft form.
 
     Args:
         maps: ``(3, H, W)`` float in [0, 1], order ``[artifact, over, under]``.

@@ -1,6 +1,6 @@
 """Device choice for the command-line tools: ``'auto'`` / ``'cpu'`` / ``'cuda'`` / ``'cuda:N'``, and the fp16 guard.
 
-CPU is a first-class target (style.md B.2): ``'auto'`` falls back to the CPU silently, an explicit CUDA request on a
+CPU is a first-class target: ``'auto'`` falls back to the CPU silently, an explicit CUDA request on a
 machine without CUDA is an error that says so (rather than a deep ``AssertionError`` from torch), and half precision
 is refused on the CPU with a message instead of failing later with ``"slow_conv2d_cpu" not implemented for 'Half'``
 (Real-ESRGAN#306 and friends). fp32 is always the default.

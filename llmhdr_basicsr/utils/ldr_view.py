@@ -1,6 +1,6 @@
 """The whole-image LDR view of a training crop: crop-window geometry shared by the dataset and the CLIP/SAM losses.
 
-Why (issue 5, method.md §6.4 and §6.5): the LDR side of L_con (``E(h(x))``) and of L_sem (the SAM segments of
+Why: the LDR side of L_con (``E(h(x))``) and of L_sem (the SAM segments of
 ``h(x)``) is fixed per *image*, but training sees a new random crop and flip of every image at every step, so a cache
 keyed by the crop's pixels never hits. :class:`~llmhdr_basicsr.data.unpaired_hdr_dataset.UnpairedLDRHDRDataset`
 therefore also returns, per sample,

@@ -1,7 +1,7 @@
 """Local weight files and frozen pretrained backbones (CLIP, SAM, LPIPS): never downloads anything.
 
 Every pretrained component of the method (the CLIP image encoder of L_con, SAM of L_sem, the AlexNet/VGG trunk of
-LPIPS) is optional and comes from a file the user supplies (``offline-assets.md`` §4: no registry ships these
+LPIPS) is optional and comes from a file the user supplies (no package registry ships these
 weights and nothing may be downloaded at run time). The lookup order is always
 
 1. the explicit path from the YAML option or the command line;
