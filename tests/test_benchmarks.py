@@ -147,30 +147,42 @@ def test_speed_infer_child_measures_throughput_and_peak_memory(speed):
     assert result['peak_rss_bytes'] >= result['rss_after_setup_bytes'] > 50 * 2**20  # torch alone is > 50 MiB
 
 
-def test_quality_tiny_run_prints_table_and_writes_json(tmp_path):
-    """benchmarks/quality.py end to end on tiny generated scenes (seconds of training, no ColorVideoVDP)."""
+QUALITY_TINY = '--iters 3 --num-feat 4 --crop 32 --threads 1 --no-cvvdp --seeds 0'.split()
+
+
+def test_quality_tiny_run_prints_both_test_sets_and_writes_json(tmp_path):
+    """benchmarks/quality.py end to end on tiny generated scenes, in a fresh interpreter: the three-way split, both
+    test sets (in and out of the camera family) with the clipped-region metrics, the goals and the JSON record."""
     import subprocess
     from pathlib import Path
 
     from conftest import make_unpaired_folders
 
     repo = Path(__file__).resolve().parents[1]
-
     make_unpaired_folders(tmp_path / 'data', n_ldr=3, n_hdr=8, size=(40, 48))
     out = tmp_path / 'q.json'
     cmd = [sys.executable, str(repo / 'benchmarks' / 'quality.py'), '--data', str(tmp_path / 'data'),
-           '--work', str(tmp_path / 'work'), '--budget-min', '0.05', '--num-feat', '4', '--crop', '32',
-           '--threads', '1', '--no-cvvdp', '--json', str(out)]  # fmt: skip
+           '--work', str(tmp_path / 'work'), *QUALITY_TINY, '--json', str(out)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode in (0, 1), proc.stderr[-3000:]  # 1 = "does not beat the baselines", still a valid run
-    assert 'summary: after 0.05 min' in proc.stdout
+    assert 'test_ood: test scenes, LDRs from cameras outside the training family' in proc.stdout
+    assert 'summary test (CycleHDR [full], 1 seed(s), 3-3 it)' in proc.stdout
     result = json.loads(out.read_text())
-    assert set(result['summary']) >= {'CycleHDR (ours)', 'linearize (sRGB)', 'Kovaleski-Oliveira 2014'}
-    assert result['train']['iterations'] >= 1 and result['seed'] == 0
+    assert set(result['tables']) == {'test', 'test_ood'}
+    for table in result['tables'].values():
+        assert {'CycleHDR [full]', 'linearize (sRGB)', 'Kovaleski-Oliveira 2014'} <= set(table)
+        assert {'pu21_psnr', 'pu21_psnr_clip', 'log2_ratio_clip'} <= set(table['CycleHDR [full]'])
+    assert set(result['goals']) == {'test', 'test_ood'}
+    assert result['runs']['full'][0]['train']['iterations'] == 3
+    # every run was scored on the validation sets too (tuning uses them), and the split has four disjoint parts
+    assert set(result['runs']['full'][0]['scores']) == {'val', 'val_ood', 'test', 'test_ood'}
+    scenes = result['split']['scenes']
+    assert not set(scenes['test']) & set(scenes['val']) and not set(scenes['train_hdr']) & set(scenes['test'])
 
 
-def test_quality_fixed_iterations_repeat_exactly_and_log_convergence(tmp_path, capsys):
-    """``--iters``: two runs with the same seed give the same numbers; ``--snapshot-min`` scores each snapshot."""
+def test_quality_runs_repeat_exactly_are_reused_and_log_convergence(tmp_path, capsys):
+    """Fixed iterations: two fresh runs with the same seed give the same numbers; a third call reuses the stored run
+    instead of training again; ``--snapshot-min`` scores each snapshot on the validation set."""
     from conftest import make_unpaired_folders
 
     quality = _load('quality')
@@ -178,17 +190,22 @@ def test_quality_fixed_iterations_repeat_exactly_and_log_convergence(tmp_path, c
     results = []
     for run in range(2):
         out = tmp_path / f'q{run}.json'
-        argv = ['--data', str(tmp_path / 'data'), '--work', str(tmp_path / 'work'), '--json', str(out)]
-        argv += '--iters 4 --num-feat 4 --crop 32 --threads 1 --no-cvvdp --snapshot-min 1e-6'.split()
+        argv = ['--data', str(tmp_path / 'data'), '--work', str(tmp_path / f'work{run}'), '--json', str(out)]
+        argv += [*QUALITY_TINY, '--snapshot-min', '1e-6', '--eval', 'val']
         assert quality.main(argv) in (0, 1)
         results.append(json.loads(out.read_text()))
-    assert 'convergence on the test set' in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert 'convergence on the validation set' in text and '0 run(s) reused, 1 to train' in text
     first, second = results
-    assert first['train']['iterations'] == second['train']['iterations'] == 4
-    assert first['per_image']['CycleHDR (ours)'] == second['per_image']['CycleHDR (ours)']
-    convergence = first['train']['convergence']
-    assert [row['iter'] for row in convergence] == [1, 2, 3, 4]
-    assert convergence[-1]['g_pu21_psnr'] == pytest.approx(first['summary']['CycleHDR (ours)']['pu21_psnr'])
+    assert first['runs']['full'][0]['scores'] == second['runs']['full'][0]['scores']
+    convergence = first['runs']['full'][0]['train']['convergence']
+    assert [row['iter'] for row in convergence] == [1, 2, 3]
+    val_pu21 = first['tables']['val']['CycleHDR [full]']['pu21_psnr'][0]
+    assert convergence[-1]['pu21_psnr'] == pytest.approx(val_pu21)
+    argv = ['--data', str(tmp_path / 'data'), '--work', str(tmp_path / 'work0'), *QUALITY_TINY,
+            '--snapshot-min', '1e-6', '--eval', 'val']  # fmt: skip
+    assert quality.main(argv) in (0, 1)
+    assert '1 run(s) reused, 0 to train' in capsys.readouterr().out
 
 
 def test_quality_rejects_a_bad_decay_fraction(capsys):
