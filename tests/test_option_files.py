@@ -2,6 +2,7 @@
 checkpoint through ``python -m basicsr.test`` without being edited (the architecture comes from the checkpoint).
 
 ``options/llmhdr.yml`` (the paper-scale GPU recipe) is copied with tiny widths, crops and iterations;
+``options/llmhdr_cpu.yml`` (the CPU recipe) runs with the test data and 3 iterations;
 ``options/llmhdr_smoke.yml`` runs as shipped, only its data roots made absolute. The test files get only their
 checkpoint and data folders, through ``--force_yml`` as the README shows. The runs are forked from one interpreter
 that has imported basicsr (:func:`conftest.run_forked`, the ``python -m`` code path without paying the imports eight
@@ -18,7 +19,7 @@ import yaml
 
 from conftest import REPO, SHARED_DATA, make_unpaired_folders, run_forked, run_python
 
-TRAIN_FILES = ('llmhdr', 'llmhdr_smoke')
+TRAIN_FILES = ('llmhdr', 'llmhdr_cpu', 'llmhdr_smoke')
 TEST_FILES = ('test_llmhdr_paired', 'test_llmhdr_ldr_only', 'test_llmhdr_tonemap')
 
 
@@ -44,9 +45,25 @@ def _paper_scale_tiny(root: Path, ldr: Path, hdr: Path, paired: Path) -> Path:
     return path
 
 
+def _cpu_recipe_tiny(root: Path, ldr: Path, hdr: Path, paired: Path) -> Path:
+    """options/llmhdr_cpu.yml as shipped, with the test data and 3 iterations."""
+    opt = yaml.safe_load((REPO / 'options' / 'llmhdr_cpu.yml').read_text())
+    opt['datasets']['train'].update(dataroot_ldr=str(ldr), dataroot_hdr=str(hdr), crop_size=32,
+                                    num_worker_per_gpu=0, dataset_enlarge_ratio=1)  # fmt: skip
+    opt['datasets']['val'].update(dataroot_lq=str(paired / 'lq'), dataroot_gt=str(paired / 'gt'))
+    opt['train']['total_iter'] = 3
+    opt['train']['scheduler'].update(total_iter=3, decay_start=1)
+    opt['val'].update(val_freq=1000)
+    opt['val']['metrics'].pop('cvvdp_jod')  # slow; tests/test_metrics.py covers it
+    opt['logger'].update(save_checkpoint_freq=1000)
+    path = root / 'cpu_tiny.yml'
+    path.write_text(yaml.safe_dump(opt, sort_keys=False))
+    return path
+
+
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
-    """Both training option files trained at once (two processes): ``{train file: (experiment dir, opt file)}``."""
+    """Every training option file trained (two processes at a time): ``{train file: (experiment dir, opt file)}``."""
     root = tmp_path_factory.mktemp('option_files')
     from llmhdr_basicsr.utils.hdr_io import read_hdr, write_hdr, write_ldr
     from llmhdr_basicsr.utils.tonemap import srgb_encode_np
@@ -64,9 +81,11 @@ def trained(tmp_path_factory):
     commands = {
         'llmhdr': ['-m', 'llmhdr_basicsr.train', '-opt', str(_paper_scale_tiny(root, ldr, hdr, paired)),
                    '--force_yml', 'logger:use_tb_logger=true'],
+        'llmhdr_cpu': ['-m', 'llmhdr_basicsr.train', '-opt', str(_cpu_recipe_tiny(root, ldr, hdr, paired))],
         'llmhdr_smoke': ['-m', 'basicsr.train', '-opt', str(REPO / 'options' / 'llmhdr_smoke.yml'), *shared],
     }  # fmt: skip
-    experiments = {'llmhdr': root / 'experiments' / 'paper_tiny', 'llmhdr_smoke': root / 'experiments' / smoke['name']}
+    experiments = {'llmhdr': root / 'experiments' / 'paper_tiny', 'llmhdr_cpu': root / 'experiments' / 'llmhdr_cpu',
+                   'llmhdr_smoke': root / 'experiments' / smoke['name']}  # fmt: skip
     data = {'ldr': ldr, 'hdr': hdr, 'paired': paired}
     tests = _test_jobs(experiments, data)
     fresh = ('llmhdr_smoke', 'test_llmhdr_paired')  # this one runs in a fresh interpreter, in the test below
