@@ -486,6 +486,42 @@ def print_tables(tables: dict, names: tuple[str, ...], reference: str | None) ->
                 print(f'    {method:<32} ' + '  '.join(parts))
 
 
+def markdown_tables(tables: dict, names: tuple[str, ...], reference: str | None) -> str:
+    """The tables as Markdown (for the README): one per set, and the differences to ``reference`` with two standard
+    errors (bold when larger than that)."""
+    units = {'pu21_psnr': 'PU21-PSNR dB', 'cvvdp': 'JOD', 'pu21_psnr_clip': 'clipped PU21-PSNR dB',
+             'log2_ratio_clip': 'clipped log2 ratio', 'pu21_ssim': 'PU21-SSIM', 'psnr_mu': 'PSNR-μ dB'}  # fmt: skip
+    out = []
+    for s, rows in tables.items():
+        out.append(f'**{s}** ({SETS[s][2]})\n')
+        out.append('| method | ' + ' | '.join(units.get(m, m) for m in names) + ' |')
+        out.append('|---|' + '---|' * len(names))
+        for method, cells in rows.items():
+            out.append(f'| {method} | ' + ' | '.join(fmt(*cells[m]) for m in names) + ' |')
+        out.append('')
+        if reference and reference in rows:
+            ref = rows[reference]
+            diff_names = [m for m in names if m != 'psnr_mu']
+            out.append(f'difference to {reference}, mean ± 2 SE (bold: larger than 2 SE)\n')
+            out.append('| variant | ' + ' | '.join(units.get(m, m) for m in diff_names) + ' |')
+            out.append('|---|' + '---|' * len(diff_names))
+            for method, cells in rows.items():
+                if method == reference or not method.startswith('CycleHDR'):
+                    continue
+                parts = []
+                for m in diff_names:
+                    (a, sa, na), (b, sb, nb) = cells[m], ref[m]
+                    if na < 2 or nb < 2 or a != a or b != b:
+                        parts.append('n/a')
+                        continue
+                    se = (sa**2 / na + sb**2 / nb) ** 0.5
+                    text = f'{a - b:+.3f} ± {2 * se:.3f}'
+                    parts.append(f'**{text}**' if abs(a - b) > 2 * se else text)
+                out.append(f'| {method} | ' + ' | '.join(parts) + ' |')
+            out.append('')
+    return '\n'.join(out)
+
+
 def goals(tables: dict, method: str, sets: tuple[str, ...]) -> dict:
     """For each set: does ``method`` beat every classical operator on PU21-PSNR and JOD, and linearisation by >= 1 dB
     PU21-PSNR in the clipped pixels?"""
@@ -549,6 +585,7 @@ def parse_args(argv):
     p.add_argument('--baselines-only', action='store_true', help='no training: score the classical operators only')
     p.add_argument('--run', help=argparse.SUPPRESS)  # VARIANT:SEED, used by --jobs for the child processes
     p.add_argument('--json', help='write all numbers to this JSON file')
+    p.add_argument('--markdown', help='also write the tables as Markdown to this file')
     args = p.parse_args(argv)
     if not 0.0 <= args.lr_decay_from <= 1.0:
         p.error(f'--lr-decay-from must lie in [0, 1], got {args.lr_decay_from}')
@@ -639,6 +676,8 @@ def main(argv: list[str] | None = None) -> int:
     tables = build_tables(records, baselines, sets, names)
     first = f'CycleHDR [{name_of(args.variant_list[0])}]'
     print_tables(tables, names, first if len(args.variant_list) > 1 else None)
+    if args.markdown:
+        Path(args.markdown).write_text(markdown_tables(tables, names, first if len(args.variant_list) > 1 else None))
     result = goals(tables, first, sets)
     iters = [r['train']['iterations'] for recs in records.values() for r in recs]
     for s, res in result.items():
