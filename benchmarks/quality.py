@@ -459,6 +459,15 @@ def build_tables(records: dict[str, list[dict]], baselines: dict, sets: tuple[st
     return tables
 
 
+def seed_difference(cells: dict, ref: dict, metric: str) -> tuple[float, float] | None:
+    """Mean difference of ``metric`` between two table rows and two standard errors of it (Welch), or None where
+    either row has fewer than two seeds or a NaN mean."""
+    (a, sa, na), (b, sb, nb) = cells[metric], ref[metric]
+    if na < 2 or nb < 2 or a != a or b != b:
+        return None
+    return a - b, 2 * (sa**2 / na + sb**2 / nb) ** 0.5
+
+
 def print_tables(tables: dict, names: tuple[str, ...], reference: str | None) -> None:
     for s, rows in tables.items():
         print(f'\n{s}: {SETS[s][2]}')
@@ -477,12 +486,10 @@ def print_tables(tables: dict, names: tuple[str, ...], reference: str | None) ->
                     continue
                 parts = []
                 for m in names[:4]:
-                    (a, sa, na), (b, sb, nb) = cells[m], ref[m]
-                    if na < 2 or nb < 2 or a != a or b != b:
+                    if (d := seed_difference(cells, ref, m)) is None:
                         continue
-                    se = (sa**2 / na + sb**2 / nb) ** 0.5
-                    flag = '*' if abs(a - b) > 2 * se else ' '
-                    parts.append(f'{m} {a - b:+.3f}±{2 * se:.3f}{flag}')
+                    flag = '*' if abs(d[0]) > d[1] else ' '
+                    parts.append(f'{m} {d[0]:+.3f}±{d[1]:.3f}{flag}')
                 print(f'    {method:<32} ' + '  '.join(parts))
 
 
@@ -510,13 +517,11 @@ def markdown_tables(tables: dict, names: tuple[str, ...], reference: str | None)
                     continue
                 parts = []
                 for m in diff_names:
-                    (a, sa, na), (b, sb, nb) = cells[m], ref[m]
-                    if na < 2 or nb < 2 or a != a or b != b:
+                    if (d := seed_difference(cells, ref, m)) is None:
                         parts.append('n/a')
                         continue
-                    se = (sa**2 / na + sb**2 / nb) ** 0.5
-                    text = f'{a - b:+.3f} ± {2 * se:.3f}'
-                    parts.append(f'**{text}**' if abs(a - b) > 2 * se else text)
+                    text = f'{d[0]:+.3f} ± {d[1]:.3f}'
+                    parts.append(f'**{text}**' if abs(d[0]) > d[1] else text)
                 out.append(f'| {method} | ' + ' | '.join(parts) + ' |')
             out.append('')
     return '\n'.join(out)
