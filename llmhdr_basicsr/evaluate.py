@@ -5,6 +5,7 @@ Usage::
     llmhdr-eval --pred results/ --gt datasets/test_hdr --csv scores.csv --json scores.json
     llmhdr-eval --pred results/ --gt gt/ --pred-suffix _CycleHDR --metrics pu21_psnr,cvvdp --plot scores.png
     llmhdr-eval --pred results/ --gt gt/ --ldr inputs/    # + PU21-PSNR and log2 ratio in the input's clipped pixels
+    llmhdr-eval --direction hdr2ldr --pred tonemapped/ --gt hdrs/ --ref-ldr ref/   # tone mapping: TMQI (+ PSNR, SSIM)
 
 (also ``python -m llmhdr_basicsr.evaluate``). Files are matched by stem (``--pred-suffix`` / ``--gt-suffix`` are
 removed from the end of the stems first); only HDR files are read (``.hdr``, ``.exr``, ``.pfm``, float ``.tif``), so
@@ -24,6 +25,12 @@ The protocol is printed as a header and stored in the JSON file, so a result can
 - with ``--ldr`` (the LDR inputs, matched by stem): PU21-PSNR and the median log2 luminance ratio over the pixels
   clipped in the input (a channel >= 250/255), where plain linearisation leaves the highlights at white;
 - perfect scores: PSNRs are capped at 100 dB, SSIM 1, JOD 10, LPIPS 0.
+
+``--direction hdr2ldr`` scores tone mapping instead: ``--pred`` holds tone-mapped LDR images (8/16-bit PNG, JPEG,
+TIFF, ...), ``--gt`` the source HDR images. Metrics (:mod:`llmhdr_basicsr.metrics.tmqi_metric`): TMQI Q and its
+structural fidelity S and statistical naturalness N (Yeganeh & Wang 2013; no alignment, no absolute scaling: TMQI
+normalises the HDR luminance itself), and with ``--ref-ldr`` (reference LDR renderings, matched by stem) PSNR and SSIM
+of the RGB values in 8-bit units. The table, CSV (without the ``gain`` column) and JSON files have the same layout.
 
 Exit status: 0 when at least one pair was scored, 1 when no pair matched (unmatched files are listed) or none could
 be scored, 2 for a usage error.
@@ -56,12 +63,14 @@ from llmhdr_basicsr.utils.hdr_io import (
     FLOAT_CAPABLE_EXTENSIONS,
     HDR_EXTENSIONS,
     IMAGE_EXTENSIONS,
+    LDR_EXTENSIONS,
     list_images,
     read_hdr,
     read_ldr,
 )
 
 EVAL_EXTENSIONS = HDR_EXTENSIONS + FLOAT_CAPABLE_EXTENSIONS
+DIRECTIONS = ('ldr2hdr', 'hdr2ldr')
 LPIPS_NAME = 'lpips'
 #: Display names and direction of every metric column.
 METRIC_INFO = {
@@ -74,6 +83,15 @@ METRIC_INFO = {
     'log2_ratio_clip': ('median log2(pred/gt) in clipped pixels', 'stops', 'zero'),
     LPIPS_NAME: ('LPIPS', '', 'lower'),
 }
+#: The same for ``--direction hdr2ldr`` (names of :data:`llmhdr_basicsr.metrics.tmqi_metric.TMO_METRICS`).
+TMO_METRIC_INFO = {
+    'tmqi': ('TMQI Q', '', 'higher'),
+    'tmqi_s': ('TMQI S (structural fidelity)', '', 'higher'),
+    'tmqi_n': ('TMQI N (naturalness)', '', 'higher'),
+    'psnr': ('PSNR vs reference LDR', 'dB', 'higher'),
+    'ssim': ('SSIM vs reference LDR', '', 'higher'),
+}
+TMO_REF_METRICS = ('psnr', 'ssim')  # need --ref-ldr
 
 
 class UsageError(Exception):
@@ -81,12 +99,15 @@ class UsageError(Exception):
 
 
 # ------------------------------------------------------------------------------------------------ matching
-def _stem_map(folder: str, suffix: str, role: str) -> tuple[dict[str, str], list[str]]:
-    """``stem (suffix removed) -> path`` of the HDR files of ``folder``; also the files whose stem is ambiguous."""
+def _stem_map(
+    folder: str, suffix: str, role: str, extensions: tuple = EVAL_EXTENSIONS
+) -> tuple[dict[str, str], list[str]]:
+    """``stem (suffix removed) -> path`` of the ``extensions`` files of ``folder``; also the files whose stem is
+    ambiguous."""
     if not osp.isdir(folder):
         raise UsageError(f'--{role} {folder!r} is not a folder')
     by_stem: dict[str, list[str]] = {}
-    for path in list_images(folder, EVAL_EXTENSIONS):
+    for path in list_images(folder, extensions):
         stem = osp.splitext(osp.basename(path))[0]
         if suffix and stem.endswith(suffix):
             stem = stem[: -len(suffix)]
@@ -96,21 +117,24 @@ def _stem_map(folder: str, suffix: str, role: str) -> tuple[dict[str, str], list
 
 
 def match_pairs(
-    pred_dir: str, gt_dir: str, pred_suffix: str = '', gt_suffix: str = ''
+    pred_dir: str, gt_dir: str, pred_suffix: str = '', gt_suffix: str = '', direction: str = 'ldr2hdr'
 ) -> tuple[list[tuple[str, str, str]], list[str], list[str]]:
     """Pair prediction and ground-truth files by stem.
 
     Args:
-        pred_dir: folder of predicted HDR files.
-        gt_dir: folder of ground-truth HDR files.
+        pred_dir: folder of predicted HDR files (``direction='hdr2ldr'``: tone-mapped LDR files).
+        gt_dir: folder of ground-truth HDR files (``'hdr2ldr'``: the source HDR files).
         pred_suffix: removed from the end of prediction stems (e.g. ``'_CycleHDR'``).
         gt_suffix: removed from the end of ground-truth stems.
+        direction: ``'ldr2hdr'`` (HDR files in both folders) or ``'hdr2ldr'`` (LDR image files in ``pred_dir``).
 
     Returns:
         ``(pairs, unmatched_pred, unmatched_gt)``; ``pairs`` are ``(name, pred_path, gt_path)`` sorted by name.
         Files whose stem occurs twice in one folder (``a.exr`` and ``a.hdr``) count as unmatched.
     """
-    preds, pred_dupes = _stem_map(pred_dir, pred_suffix, 'pred')
+    preds, pred_dupes = _stem_map(
+        pred_dir, pred_suffix, 'pred', LDR_EXTENSIONS if direction == 'hdr2ldr' else EVAL_EXTENSIONS
+    )
     gts, gt_dupes = _stem_map(gt_dir, gt_suffix, 'gt')
     pairs = [(s, preds[s], gts[s]) for s in sorted(preds.keys() & gts.keys())]
     unmatched_pred = sorted([preds[s] for s in preds.keys() - gts.keys()] + pred_dupes)
@@ -133,6 +157,8 @@ class EvalSettings:
     lpips_net: str = 'alex'
     lpips_weights: str | None = None
     ldr_dir: str | None = None
+    direction: str = 'ldr2hdr'
+    ref_ldr_dir: str | None = None
 
     def hdr_options(self) -> dict:
         """Options for :func:`compute_hdr_metrics`: only those that a selected metric accepts."""
@@ -195,6 +221,28 @@ def score_pair(pred: np.ndarray, gt: np.ndarray, settings: EvalSettings, lq: np.
     return scores
 
 
+def score_tonemapped(ldr: np.ndarray, hdr: np.ndarray, settings: EvalSettings, ref: np.ndarray | None = None) -> dict:
+    """The selected tone-mapping metrics of one tone-mapped image (``--direction hdr2ldr``).
+
+    Args:
+        ldr: ``(H, W, 3)`` float32 tone-mapped image, display-referred in [0, 1].
+        hdr: ``(H, W, 3)`` float32 linear HDR it was made from, any scale, same size.
+        settings: metric selection (:data:`TMO_METRIC_INFO` names) and ``crop_border``.
+        ref: reference LDR ``(H, W, 3)`` in [0, 1], for PSNR and SSIM.
+
+    Returns:
+        ``{metric: score, ...}``.
+    """
+    if ldr.shape != hdr.shape:
+        raise ValueError(f'shapes differ: tone-mapped image {ldr.shape} vs HDR {hdr.shape}')
+    if ref is not None and ref.shape != ldr.shape:
+        raise ValueError(f'shapes differ: tone-mapped image {ldr.shape} vs reference LDR {ref.shape}')
+    import llmhdr_basicsr.plugin  # noqa: F401  (basicsr before tmqi_metric, which imports it)
+    from llmhdr_basicsr.metrics.tmqi_metric import compute_tmo_metrics
+
+    return compute_tmo_metrics(ldr, hdr, settings.metrics, ref=ref, crop_border=settings.crop_border)
+
+
 def evaluate(pairs: Sequence[tuple[str, str, str]], settings: EvalSettings, progress: bool = True) -> EvalResult:
     """Score every ``(name, pred_path, gt_path)``; unreadable or mismatched pairs are recorded as failures."""
     from tqdm import tqdm
@@ -204,8 +252,12 @@ def evaluate(pairs: Sequence[tuple[str, str, str]], settings: EvalSettings, prog
     for name, pred_path, gt_path in bar:
         bar.set_description(name)
         try:
-            lq = read_ldr(_ldr_path(settings.ldr_dir, name)) if settings.ldr_dir else None
-            scores = score_pair(read_hdr(pred_path), read_hdr(gt_path), settings, lq)
+            if settings.direction == 'hdr2ldr':
+                ref = read_ldr(_ldr_path(settings.ref_ldr_dir, name, '--ref-ldr')) if settings.ref_ldr_dir else None
+                scores = score_tonemapped(read_ldr(pred_path), read_hdr(gt_path), settings, ref)
+            else:
+                lq = read_ldr(_ldr_path(settings.ldr_dir, name)) if settings.ldr_dir else None
+                scores = score_pair(read_hdr(pred_path), read_hdr(gt_path), settings, lq)
         except (OSError, ValueError, RuntimeError) as err:
             result.failed.append((name, f'{type(err).__name__}: {err}'))
             tqdm.write(f'WARNING: {name} not scored: {err}', file=sys.stderr)
@@ -214,12 +266,13 @@ def evaluate(pairs: Sequence[tuple[str, str, str]], settings: EvalSettings, prog
     return result
 
 
-def _ldr_path(ldr_dir: str, name: str) -> str:
-    """The LDR input of the pair ``name`` in ``ldr_dir`` (matched by stem, any image extension)."""
+def _ldr_path(ldr_dir: str, name: str, option: str = '--ldr') -> str:
+    """The LDR image of the pair ``name`` in ``ldr_dir`` (matched by stem, any image extension)."""
     for path in list_images(ldr_dir, IMAGE_EXTENSIONS):
         if osp.splitext(osp.basename(path))[0] == name:
             return path
-    raise ValueError(f'--ldr {ldr_dir}: no LDR input with the stem {name!r} (needed for the clipped-region metrics)')
+    need = 'PSNR and SSIM' if option == '--ref-ldr' else 'the clipped-region metrics'
+    raise ValueError(f'{option} {ldr_dir}: no LDR image with the stem {name!r} (needed for {need})')
 
 
 # -------------------------------------------------------------------------------------------------- output
@@ -236,6 +289,8 @@ def protocol_lines(settings: EvalSettings) -> list[tuple[str, str]]:
     from llmhdr_basicsr.metrics.hdr_metric import ALIGN_MIN_REL, MAX_PSNR
     from llmhdr_basicsr.version import __version__
 
+    if settings.direction == 'hdr2ldr':
+        return _tmo_protocol_lines(settings, __version__, MAX_PSNR)
     align_text = {
         'geomean': f'prediction x exp(mean(log Y_gt - log Y_pred)) over pixels above {ALIGN_MIN_REL:g} x each max',
         'median': f'prediction x exp(median(log Y_gt - log Y_pred)) over pixels above {ALIGN_MIN_REL:g} x each max',
@@ -268,12 +323,36 @@ def protocol_lines(settings: EvalSettings) -> list[tuple[str, str]]:
     return lines
 
 
+def _tmo_protocol_lines(settings: EvalSettings, version: str, max_psnr: float) -> list[tuple[str, str]]:
+    """The header of ``--direction hdr2ldr``."""
+    lines = [
+        ('llmhdr_basicsr', version),
+        ('direction', 'hdr2ldr: tone-mapped LDR (--pred) against its source HDR (--gt)'),
+        ('metrics', ', '.join(settings.metrics)),
+        ('crop border', f'{settings.crop_border} px'),
+    ]
+    if {'tmqi', 'tmqi_s', 'tmqi_n'} & set(settings.metrics):
+        lines.append(('TMQI', 'Yeganeh & Wang 2013: HDR Rec.709 luminance min-max normalised to [0, 2^32-1], LDR luma '
+                              '0.2126R\'+0.7152G\'+0.0722B\' of 8-bit code values (sRGB-encoded); 5 scales, 11x11 '
+                              'Gaussian window sigma 1.5; Q = 0.8012 S^0.3046 + 0.1988 N^0.7088'))  # fmt: skip
+    if set(TMO_REF_METRICS) & set(settings.metrics):
+        ref_text = (f'against the reference LDR (--ref-ldr {settings.ref_ldr_dir}), RGB in 8-bit units, peak/range '
+                    f'255; SSIM Wang 2004 per channel; PSNR capped at {max_psnr:g} dB')  # fmt: skip
+        lines.append(('PSNR/SSIM', ref_text))
+    return lines
+
+
+def _info(metric: str) -> tuple[str, str, str]:
+    """``(label, unit, better)`` of a metric column of either direction."""
+    return METRIC_INFO.get(metric) or TMO_METRIC_INFO.get(metric) or (metric, '', 'higher')
+
+
 def format_table(summary: dict[str, dict[str, float]], metrics: Sequence[str]) -> str:
     """Summary table: one row per metric with mean, std, n and the better direction."""
     rows = [('metric', 'mean', 'std', 'n', 'better')]
     for m in metrics:
         if m in summary:
-            label, unit, better = METRIC_INFO.get(m, (m, '', 'higher'))
+            label, unit, better = _info(m)
             s = summary[m]
             name = f'{label} [{unit}]' if unit else label
             rows.append((name, f'{s["mean"]:.4f}', f'{s["std"]:.4f}', str(s['n']), better))
@@ -284,13 +363,15 @@ def format_table(summary: dict[str, dict[str, float]], metrics: Sequence[str]) -
 
 
 def write_csv(path: str, result: EvalResult, metrics: Sequence[str]) -> None:
-    """Per-image CSV: ``image, pred, gt, gain, <metrics...>``."""
+    """Per-image CSV: ``image, pred, gt, gain, <metrics...>`` (no ``gain`` column when the rows have none: hdr2ldr)."""
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    gain = ['gain'] if result.rows and 'gain' in result.rows[0] else []
     with open(path, 'w', newline='', encoding='utf-8') as f:
         writer = csv.writer(f)
-        writer.writerow(['image', 'pred', 'gt', 'gain', *metrics])
+        writer.writerow(['image', 'pred', 'gt', *gain, *metrics])
         for r in result.rows:
-            writer.writerow([r['image'], r['pred'], r['gt'], f'{r["gain"]:.6g}', *(f'{r[m]:.6f}' for m in metrics)])
+            writer.writerow([r['image'], r['pred'], r['gt'], *(f'{r[g]:.6g}' for g in gain),
+                             *(f'{r[m]:.6f}' for m in metrics)])  # fmt: skip
 
 
 def write_plot(path: str, result: EvalResult, metrics: Sequence[str]) -> None:
@@ -312,7 +393,7 @@ def write_plot(path: str, result: EvalResult, metrics: Sequence[str]) -> None:
         ax.set_ylabel('ColorVideoVDP [JOD]')
     else:
         m = metrics[0]
-        label, unit, _ = METRIC_INFO.get(m, (m, '', 'higher'))
+        label, unit, _ = _info(m)
         fig, ax = plt.subplots(figsize=(7, 0.3 * len(names) + 1.5))
         ax.barh(names, [r[m] for r in result.rows])
         ax.invert_yaxis()
@@ -329,17 +410,23 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``llmhdr-eval``."""
     p = argparse.ArgumentParser(
         prog='llmhdr-eval',
-        description='Score predicted HDR images against ground truth (PU21, ColorVideoVDP, PSNR-mu, log-PSNR, LPIPS).',
+        description='Score predicted HDR images against ground truth (PU21, ColorVideoVDP, PSNR-mu, log-PSNR, LPIPS), '
+        'or tone-mapped images against their source HDR (--direction hdr2ldr: TMQI, + PSNR/SSIM with --ref-ldr).',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument('--pred', required=True, help='folder of predicted linear HDR files')
-    p.add_argument('--gt', required=True, help='folder of ground-truth linear HDR files')
+    p.add_argument('--direction', choices=DIRECTIONS, default='ldr2hdr',
+                   help='ldr2hdr: --pred holds predicted HDR files; hdr2ldr: --pred holds tone-mapped LDR images '
+                        '(8/16-bit PNG, JPEG, TIFF) and --gt their source HDR files')  # fmt: skip
+    p.add_argument('--pred', required=True, help='folder of predicted linear HDR files (hdr2ldr: tone-mapped LDR)')
+    p.add_argument('--gt', required=True, help='folder of ground-truth linear HDR files (hdr2ldr: the source HDR)')
     p.add_argument('--pred-suffix', default='', help='removed from the end of prediction stems, e.g. _CycleHDR')
     p.add_argument('--gt-suffix', default='', help='removed from the end of ground-truth stems')
     p.add_argument('--ldr', help='folder of the LDR inputs (matched by stem): adds the clipped-region metrics')
+    p.add_argument('--ref-ldr', help='hdr2ldr: folder of reference LDR images (matched by stem): adds psnr, ssim')
     p.add_argument('--metrics', default=None,
                    help=f'comma-separated subset of {",".join(METRIC_INFO)} (default: all HDR metrics, plus lpips '
-                        'when a backbone is given)')  # fmt: skip
+                        f'when a backbone is given); hdr2ldr: of {",".join(TMO_METRIC_INFO)} (default: tmqi, tmqi_s, '
+                        'tmqi_n, plus psnr and ssim with --ref-ldr)')  # fmt: skip
     p.add_argument('--align', choices=ALIGN_MODES, default=DEFAULT_ALIGN, help='global gain on the prediction')
     p.add_argument('--peak-nits', type=float, default=DEFAULT_PEAK_NITS, help='cd/m2 of the GT --percentile')
     p.add_argument('--percentile', type=float, default=DEFAULT_PERCENTILE, help='GT luminance percentile')
@@ -355,7 +442,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _tmo_settings(args: argparse.Namespace) -> EvalSettings:
+    """Settings of ``--direction hdr2ldr`` (the LDR -> HDR options --ldr and --lpips-weights are refused)."""
+    if args.ldr:
+        raise UsageError('--ldr is for --direction ldr2hdr; with hdr2ldr give reference LDR images as --ref-ldr')
+    if args.lpips_weights:
+        raise UsageError('--lpips-weights: LPIPS is not a --direction hdr2ldr metric')
+    if args.metrics:
+        metrics = list(dict.fromkeys(m.strip() for m in args.metrics.split(',') if m.strip()))
+        unknown = [m for m in metrics if m not in TMO_METRIC_INFO]
+        if unknown:
+            raise UsageError(
+                f'--metrics: unknown {unknown} for --direction hdr2ldr; choose from {list(TMO_METRIC_INFO)}'
+            )
+    else:
+        metrics = [m for m in TMO_METRIC_INFO if args.ref_ldr or m not in TMO_REF_METRICS]
+    needs_ref = [m for m in metrics if m in TMO_REF_METRICS]
+    if needs_ref and not args.ref_ldr:
+        raise UsageError(f'--metrics {",".join(needs_ref)} need reference LDR images: add --ref-ldr FOLDER')
+    if args.ref_ldr and not osp.isdir(args.ref_ldr):
+        raise UsageError(f'--ref-ldr {args.ref_ldr!r} is not a folder')
+    if args.crop_border < 0:
+        raise UsageError('need --crop-border >= 0')
+    return EvalSettings(metrics, crop_border=args.crop_border, device='cpu', direction='hdr2ldr',
+                        ref_ldr_dir=args.ref_ldr)  # fmt: skip
+
+
 def _settings(args: argparse.Namespace) -> EvalSettings:
+    if args.direction == 'hdr2ldr':
+        return _tmo_settings(args)
+    if args.ref_ldr:
+        raise UsageError('--ref-ldr is for --direction hdr2ldr (reference LDR renderings of the HDR files)')
     import llmhdr_basicsr.plugin  # noqa: F401  (basicsr before hdr_metric, which imports it)
     from llmhdr_basicsr.metrics.hdr_metric import HDR_METRICS
     from llmhdr_basicsr.utils.device import select_device
@@ -406,7 +523,8 @@ def _settings(args: argparse.Namespace) -> EvalSettings:
 def run(args: argparse.Namespace) -> int:
     """Run ``llmhdr-eval`` with parsed arguments; returns the exit status (raises :class:`UsageError`)."""
     settings = _settings(args)
-    pairs, unmatched_pred, unmatched_gt = match_pairs(args.pred, args.gt, args.pred_suffix, args.gt_suffix)
+    pairs, unmatched_pred, unmatched_gt = match_pairs(args.pred, args.gt, args.pred_suffix, args.gt_suffix,
+                                                      settings.direction)  # fmt: skip
     header = [('pred', f'{args.pred}' + (f' (stem suffix {args.pred_suffix!r} removed)' if args.pred_suffix else '')),
               ('gt', f'{args.gt}' + (f' (stem suffix {args.gt_suffix!r} removed)' if args.gt_suffix else '')),
               ('pairs', f'{len(pairs)} matched, {len(unmatched_pred)} prediction(s) and {len(unmatched_gt)} '

@@ -9,10 +9,18 @@ this module only when basicsr is already loaded or the start-up hook is not acti
 """
 
 from . import compat  # noqa: F401  (first: patches basicsr 1.4.2 for CPU / current torch before anything is built)
-from .archs import feedback_unet_arch, itmo_baseline_arch, patchgan_arch  # noqa: F401
+from .archs import (  # noqa: F401
+    expandnet_arch,
+    feedback_unet_arch,
+    fhdr_arch,
+    hdrcnn_arch,
+    itmo_baseline_arch,
+    patchgan_arch,
+    singlehdr_arch,
+)
 from .data import paired_hdr_dataset, single_image_dataset, unpaired_hdr_dataset  # noqa: F401
 from .losses import clip_contrastive_loss, lpips_loss, perception_loss, sam_semantic_loss  # noqa: F401
-from .metrics import hdr_metric, lpips_metric  # noqa: F401
+from .metrics import hdr_metric, lpips_metric, tmqi_metric  # noqa: F401
 from .models import cyclehdr_model, paired_hdr_model  # noqa: F401
 from .utils import lazy_registry
 

@@ -213,3 +213,40 @@ def test_quality_rejects_a_bad_decay_fraction(capsys):
     with pytest.raises(SystemExit):
         quality.main(['--lr-decay-from', '1.5'])
     assert '--lr-decay-from' in capsys.readouterr().err
+
+
+def test_baselines_smoke_run_trains_every_method_under_one_protocol(tmp_path):
+    """benchmarks/baselines.py --smoke end to end on tiny generated scenes, in a fresh interpreter: pairs made from
+    the HDR training scenes only, every peer and the BasicSR arch trained supervised, CycleHDR unpaired, the classical
+    operators, one table per test set with the cost columns; the stored runs are reused by a second call."""
+    import subprocess
+    from pathlib import Path
+
+    from conftest import make_unpaired_folders
+
+    repo = Path(__file__).resolve().parents[1]
+    make_unpaired_folders(tmp_path / 'data', n_ldr=3, n_hdr=8, size=(40, 48))
+    out = tmp_path / 'b.json'
+    cmd = [sys.executable, str(repo / 'benchmarks' / 'baselines.py'), '--data', str(tmp_path / 'data'),
+           '--work', str(tmp_path / 'work'), '--smoke', '--seeds', '0', '--threads', '1', '--pairs-per-scene', '2',
+           '--json', str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    baselines = _load('baselines')
+    split = json.loads((tmp_path / 'work' / 'split' / 'split.json').read_text())
+    n_hdr = len(split['scenes']['train_hdr'])
+    assert len(list((tmp_path / 'work' / 'pairs' / 'lq').iterdir())) == 2 * n_hdr
+    assert set(result['tables']) == {'test', 'test_ood'}
+    for table in result['tables'].values():
+        learned = [*baselines.SUPERVISED, baselines.CYCLEHDR]
+        assert set(learned) | {'linearize (sRGB)', 'Kovaleski-Oliveira 2014'} <= set(table)
+        for name in learned:
+            row = table[name]
+            assert row['pairs'] == (name != baselines.CYCLEHDR) and row['iters'] == 2
+            assert row['params'] > 0 and row['gmac_per_mp'] > 0 and row['s_per_mp'] > 0
+            assert math.isfinite(row['pu21_psnr'][0]) and math.isfinite(row['pu21_psnr_clip'][0])
+        assert table['linearize (sRGB)']['params'] == 0 and not table['linearize (sRGB)']['pairs']
+    assert 'GMAC/MP' in proc.stdout and 'test_ood' in proc.stdout
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and f'{len(baselines.SUPERVISED)} supervised run(s) reused, 0 to train' in proc.stdout

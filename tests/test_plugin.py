@@ -22,8 +22,8 @@ BASICSR_DIR = Path(sysconfig.get_paths()['purelib']) / 'basicsr'
 
 #: Every name the plugin registers, by registry (the list is the contract with option files).
 EXPECTED = {
-    'ARCH_REGISTRY': ['FeedbackUNet', 'PatchGANDiscriminator'],
-    'MODEL_REGISTRY': ['CycleHDRModel'],
+    'ARCH_REGISTRY': ['FeedbackUNet', 'PatchGANDiscriminator', 'ExpandNet', 'HDRCNN', 'FHDR', 'SingleHDRUNet'],
+    'MODEL_REGISTRY': ['CycleHDRModel', 'PairedHDRModel'],
     'DATASET_REGISTRY': ['UnpairedLDRHDRDataset', 'PairedLDRHDRDataset', 'SingleLDRDataset', 'SingleHDRDataset'],
     'LOSS_REGISTRY': ['LLMPerceptionLoss'],
     'METRIC_REGISTRY': [

@@ -4,7 +4,7 @@
 - :func:`init_weights`: CycleGAN's ``normal`` initialisation, N(0, 0.02).
 - :class:`ConvLSTMCell`: the convolutional LSTM of the feedback state (``docs/method.md``).
 - :class:`FiLM`: feature-wise affine modulation from a guidance vector, initialised to the identity.
-- :func:`pad_to_multiple` / :func:`count_parameters`: size handling and bookkeeping.
+- :func:`pad_to_multiple` / :func:`reflect_pad` / :func:`count_parameters`: size handling and bookkeeping.
 """
 
 from __future__ import annotations
@@ -183,7 +183,8 @@ def pad_to_multiple(
         x: ``(N, C, H, W)``.
         multiple: e.g. 8 for three 2x down-samplings.
         min_size: smallest padded size per dimension.
-        mode: ``F.pad`` mode (``'replicate'`` works for any size; ``'reflect'`` needs pad < size).
+        mode: ``F.pad`` mode; ``'reflect'`` goes through :func:`reflect_pad`, so it works for pads larger than the
+            image too (a 5 x 7 input padded to 64 x 64).
 
     Returns:
         ``(padded, (H, W))``; crop back with ``y[..., :H, :W]``.
@@ -192,8 +193,32 @@ def pad_to_multiple(
     ph = max(-(-h // multiple) * multiple, -(-min_size // multiple) * multiple) - h
     pw = max(-(-w // multiple) * multiple, -(-min_size // multiple) * multiple) - w
     if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        x = reflect_pad(x, 0, pw, 0, ph) if mode == 'reflect' else F.pad(x, (0, pw, 0, ph), mode=mode)
     return x, (h, w)
+
+
+def reflect_pad(x: torch.Tensor, left: int, right: int, top: int, bottom: int) -> torch.Tensor:
+    """``F.pad(x, (left, right, top, bottom), mode='reflect')`` for any pad, however large.
+
+    One reflection can add at most ``size - 1`` pixels to a side; larger pads reflect again (the padded image is
+    reflected once more), and a side of 1 pixel, which cannot reflect, is replicated.
+
+    Args:
+        x: ``(N, C, H, W)``.
+        left, right, top, bottom: non-negative pads of each side.
+
+    Returns:
+        ``(N, C, H + top + bottom, W + left + right)``.
+    """
+    pads = [left, right, top, bottom]
+    while any(pads):
+        h, w = x.shape[-2:]
+        if min(h, w) < 2:  # a 1-pixel side has nothing to reflect
+            return F.pad(x, tuple(pads), mode='replicate')
+        step = [min(pads[0], w - 1), min(pads[1], w - 1), min(pads[2], h - 1), min(pads[3], h - 1)]
+        x = F.pad(x, tuple(step), mode='reflect')
+        pads = [p - s for p, s in zip(pads, step)]
+    return x
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
