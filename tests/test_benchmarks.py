@@ -250,3 +250,30 @@ def test_baselines_smoke_run_trains_every_method_under_one_protocol(tmp_path):
     assert 'GMAC/MP' in proc.stdout and 'test_ood' in proc.stdout
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and f'{len(baselines.SUPERVISED)} supervised run(s) reused, 0 to train' in proc.stdout
+
+
+def test_tonemapping_smoke_run_scores_g_x_and_the_operators(tmp_path):
+    """benchmarks/tonemapping.py --smoke end to end in a fresh interpreter: the CycleHDR run trained (2 iterations),
+    its G_X and the three classical operators scored with TMQI and against both reference renderings; ``--stored``
+    then reads the same record without training."""
+    import subprocess
+
+    from conftest import make_unpaired_folders
+
+    make_unpaired_folders(tmp_path / 'data', n_ldr=3, n_hdr=8, size=(168, 176))  # TMQI needs >= 161 px
+    out, out2 = tmp_path / 't.json', tmp_path / 't2.json'
+    cmd = [sys.executable, str(REPO / 'benchmarks' / 'tonemapping.py'), '--data', str(tmp_path / 'data'),
+           '--work', str(tmp_path / 'work'), '--smoke', '--seeds', '0', '--threads', '1']  # fmt: skip
+    proc = subprocess.run([*cmd, '--json', str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = json.loads(out.read_text())['table']
+    tonemapping = _load('tonemapping')
+    assert set(table) == {tonemapping.GX, *tonemapping.OPERATORS}
+    for row in table.values():
+        assert set(row) == set(tonemapping.COLUMNS)
+        assert 0 <= row['tmqi'][0] <= 1 and 0 <= row['tmqi_s'][0] <= 1 and math.isfinite(row['psnr_ood'][0])
+    assert 'TMQI Q' in proc.stdout and 'PSNR ood' in proc.stdout
+    proc = subprocess.run([*cmd, '--stored', '--json', str(out2)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'stored run full_seed0.json' in proc.stdout and '[full seed 0] training' not in proc.stdout
+    assert json.loads(out2.read_text())['table'] == table
