@@ -288,6 +288,8 @@ def load_network(
             '(or set path.pretrain_network_* in the option file)'
         )
     _check_direction(net, direction, arch_opt['type'], weights, arch_ckpt)
+    if not hasattr(net, 'headroom') and arch_ckpt and 'headroom' in arch_ckpt:
+        net.headroom = float(arch_ckpt['headroom'])  # an architecture without one learned the model's HDR domain
     return LoadedNetwork(net.eval().float(), arch_opt['type'], source, weights, used, arch_opt, option_file)
 
 

@@ -5,9 +5,13 @@
 - :class:`ConvLSTMCell`: the convolutional LSTM of the feedback state (``docs/method.md``).
 - :class:`FiLM`: feature-wise affine modulation from a guidance vector, initialised to the identity.
 - :func:`pad_to_multiple` / :func:`reflect_pad` / :func:`count_parameters`: size handling and bookkeeping.
+- :func:`accepted_kwargs`: call any architecture (ours or BasicSR's) with the keyword arguments it takes.
 """
 
 from __future__ import annotations
+
+import functools
+import inspect
 
 import torch
 import torch.nn.functional as F
@@ -224,3 +228,25 @@ def reflect_pad(x: torch.Tensor, left: int, right: int, top: int, bottom: int) -
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
     """Number of (trainable) parameters of ``module``."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def accepted_kwargs(net: nn.Module, kwargs: dict) -> dict:
+    """The entries of ``kwargs`` that ``net.forward`` accepts, for calling any architecture the same way.
+
+    Our generators take ``maps=`` (perception gates), ``return_all=`` (every feedback iteration), ``guidance=`` and
+    ``detach_curve=``; BasicSR's (``RRDBNet``, ``SwinIR``, ...) take the input only. A ``forward`` with ``**kwargs``
+    gets everything; (Distributed)DataParallel wrappers are looked through.
+    """
+    bare = (
+        getattr(net, 'module', net) if isinstance(net, nn.DataParallel | nn.parallel.DistributedDataParallel) else net
+    )
+    names = _forward_parameters(type(bare))
+    return dict(kwargs) if names is None else {k: v for k, v in kwargs.items() if k in names}
+
+
+@functools.cache
+def _forward_parameters(cls: type) -> frozenset[str] | None:
+    params = inspect.signature(cls.forward).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(p.name for p in params)

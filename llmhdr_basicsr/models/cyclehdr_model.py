@@ -61,8 +61,9 @@ from basicsr.losses import build_loss
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 
+from llmhdr_basicsr.archs.arch_util import accepted_kwargs
 from llmhdr_basicsr.archs.feedback_unet_arch import output_domain_base
-from llmhdr_basicsr.models.hdr_base_model import HDRBaseModel
+from llmhdr_basicsr.models.hdr_base_model import DEFAULT_HEADROOM, HDRBaseModel
 from llmhdr_basicsr.models.image_pool import ImagePool
 from llmhdr_basicsr.models.lr_scheduler import build_scheduler
 from llmhdr_basicsr.perception.heuristic import heuristic_maps
@@ -74,7 +75,7 @@ LOSS_BLOCKS = ('gan_opt', 'cycle_opt', 'identity_opt', 'llm_opt', 'clip_opt', 's
 TRAIN_KEYS = (
     *LOSS_BLOCKS,
     'optim_g', 'optim_d', 'scheduler', 'total_iter', 'warmup_iter', 'ema_decay', 'pool_size', 'net_d_iters',
-    'net_d_init_iters', 'deep_supervision', 'amp', 'channels_last', 'curve_from_camera', 'hdr_white',
+    'net_d_init_iters', 'deep_supervision', 'amp', 'channels_last', 'curve_from_camera', 'hdr_white', 'headroom',
 )  # fmt: skip
 HDR_WHITE = ('camera', 'dataset')
 
@@ -94,7 +95,8 @@ class CycleHDRModel(HDRBaseModel):
         self.init_hdr_options()
         self.net_g = self.build_net('g')
         self.net_g_hdr2ldr = self.build_net('g_hdr2ldr') if 'network_g_hdr2ldr' in opt else None
-        self.headroom = float(getattr(self.get_bare_model(self.net_g), 'headroom', 0.0))
+        self.headroom = self.generator_headroom(self.net_g)
+        self._check_output_domains()
         self.net_d_hdr = self.net_d_ldr = None
         self.guidance_encoder = None
         if self.is_train:
@@ -103,7 +105,8 @@ class CycleHDRModel(HDRBaseModel):
                 if f'network_{name}' not in opt:
                     raise KeyError(f'CycleHDRModel training needs the option block network_{name}')
             self.net_g_hdr2ldr = self.net_g_hdr2ldr or self.build_net('g_hdr2ldr')
-            if float(getattr(self.get_bare_model(self.net_g_hdr2ldr), 'headroom', 0.0)) != self.headroom:
+            self._check_output_domains()
+            if self.generator_headroom(self.net_g_hdr2ldr) != self.headroom:
                 raise ValueError('network_g and network_g_hdr2ldr must use the same headroom (their HDR domain)')
             self.net_d_hdr = self.build_net('d_hdr')
             self.net_d_ldr = self.build_net('d_ldr')
@@ -114,6 +117,25 @@ class CycleHDRModel(HDRBaseModel):
             self._setup_guidance(None, 'val.clip_guidance')
 
     # ------------------------------------------------------------------------------------------------ construction
+    def generator_headroom(self, net) -> float:
+        """The HDR domain of a generator: its ``headroom`` attribute, else ``train.headroom`` (default 4) for
+        architectures without one (BasicSR's: they learn the model domain directly)."""
+        default = (self.opt.get('train') or {}).get('headroom', DEFAULT_HEADROOM)
+        return float(getattr(self.get_bare_model(net), 'headroom', default))
+
+    def _check_output_domains(self) -> None:
+        """G_Y must output the model's HDR domain and G_X display LDR (``out_domain``; architectures without the
+        attribute are taken to output the domain they are trained into). Linear-output architectures (the peers,
+        the classical operators) train with PairedHDRModel instead."""
+        for name, wanted in (('g', 'hdr_mu'), ('g_hdr2ldr', 'ldr')):
+            net = getattr(self, f'net_{name}', None)
+            domain = None if net is None else getattr(self.get_bare_model(net), 'out_domain', wanted)
+            if domain not in (None, wanted):
+                raise ValueError(
+                    f'network_{name} ({self.opt[f"network_{name}"]["type"]}) has out_domain {domain!r}; CycleHDRModel '
+                    f'needs {wanted!r} there (train linear-output architectures with PairedHDRModel)'
+                )
+
     def init_training_settings(self):
         train_opt = self.opt['train']
         for net in (self.net_g, self.net_g_hdr2ldr, self.net_d_hdr, self.net_d_ldr):
@@ -276,7 +298,7 @@ class CycleHDRModel(HDRBaseModel):
         guidance = self._guidance(net, x)
         if guidance is not None:
             kwargs['guidance'] = guidance
-        out = net(x, return_all=True, **kwargs)
+        out = net(x, **accepted_kwargs(net, {'return_all': True, **kwargs}))  # BasicSR archs: the input only
         return list(out) if isinstance(out, list | tuple) else [out]
 
     def forward(self) -> None:

@@ -38,6 +38,7 @@ from basicsr.utils.registry import METRIC_REGISTRY
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 from tqdm import tqdm
 
+from llmhdr_basicsr.archs.arch_util import accepted_kwargs
 from llmhdr_basicsr.utils import rng_state
 from llmhdr_basicsr.utils.checkpoint_arch import network_opt_from_checkpoint
 from llmhdr_basicsr.utils.fileio import atomic_write
@@ -48,6 +49,7 @@ from llmhdr_basicsr.utils.tiling import GlobalStatsTiler
 from llmhdr_basicsr.utils.tonemap import hdr_to_model, model_to_hdr, tonemap_preview
 from llmhdr_basicsr.version import __version__
 
+DEFAULT_HEADROOM = 4.0  # stops above white of the HDR domain, for generators without a ``headroom`` attribute
 VAL_KEYS = ('val_freq', 'save_img', 'suffix', 'pbar', 'metrics', 'output_ext', 'preview', 'preview_stops',
             'tb_images', 'clip_guidance', 'tile')  # fmt: skip
 
@@ -183,7 +185,7 @@ class HDRBaseModel(BaseModel):
         """
         if self.val_tile is None:
             kwargs = {} if guidance is None else {'guidance': guidance}
-            return unwrap_output(net(x, **kwargs))
+            return unwrap_output(net(x, **accepted_kwargs(net, kwargs)))
         tile = self.val_tile
         tiler = GlobalStatsTiler(self.get_bare_model(net), tile.size, tile.overlap, tile.global_size, self.device)
         return tiler(x, guidance=guidance)
@@ -307,6 +309,8 @@ class HDRBaseModel(BaseModel):
         if arch is not None:
             kwargs = dict(arch)
             save_dict['arch'] = {'type': kwargs.pop('type'), 'kwargs': kwargs}
+            if not hasattr(self.get_bare_model(nets[0]), 'headroom'):  # e.g. BasicSR's archs: the model's domain
+                save_dict['arch']['headroom'] = float(self.headroom)
         save_dict['version'] = __version__
         self._atomic_save(save_dict, osp.join(self.opt['path']['models'], f'{net_label}_{label}.pth'))
 

@@ -32,7 +32,7 @@ from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from basicsr.utils.registry import MODEL_REGISTRY
 
-from llmhdr_basicsr.models.hdr_base_model import HDRBaseModel, unwrap_output
+from llmhdr_basicsr.models.hdr_base_model import DEFAULT_HEADROOM, HDRBaseModel, unwrap_output
 from llmhdr_basicsr.models.lr_scheduler import build_scheduler
 from llmhdr_basicsr.utils.options import check_keys
 from llmhdr_basicsr.utils.tonemap import luminance, srgb_decode
@@ -40,7 +40,6 @@ from llmhdr_basicsr.utils.tonemap import luminance, srgb_decode
 TRAIN_KEYS = ('pixel_opt', 'optim_g', 'scheduler', 'total_iter', 'warmup_iter', 'ema_decay', 'gt_exposure', 'headroom')
 OUTPUT_DOMAINS = ('hdr_mu', 'linear')
 GT_EXPOSURES = ('ldr', 'none')
-DEFAULT_HEADROOM = 4.0
 
 
 def exposure_to_ldr(ldr: torch.Tensor, gt: torch.Tensor, lo: float = 0.1, hi: float = 0.9) -> torch.Tensor:

@@ -79,6 +79,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmhdr_basicsr.archs.arch_util import accepted_kwargs
+
 from .defaults import DEFAULT_OVERLAP, DEFAULT_TILE  # noqa: F401  (re-exported; the CLIs' defaults)
 
 
@@ -472,7 +474,7 @@ class GlobalStatsTiler:
             kwargs['guidance'] = guidance
         if maps is not None:
             kwargs['maps'] = maps
-        out = self.net(x, **kwargs)
+        out = self.net(x, **accepted_kwargs(self.net, kwargs))
         return out[-1] if isinstance(out, (list, tuple)) else out
 
     def downscale(self, x: torch.Tensor) -> torch.Tensor:
