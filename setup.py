@@ -65,7 +65,7 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.10,<3.13',
     packages=find_packages(include=['llmhdr_basicsr', 'llmhdr_basicsr.*']),
-    package_data={'llmhdr_basicsr': ['py.typed']},
+    package_data={'llmhdr_basicsr': ['py.typed', 'pretrained/*.pth', 'pretrained/*.json']},
     py_modules=[],
     install_requires=[
         'torch==2.14.1',  # keep torch and torchvision together
@@ -83,7 +83,10 @@ setup(
         'segment-anything',
         'cvvdp>=0.5.7',
     ],
-    extras_require={'test': ['pytest', 'ruff'], 'dev': ['pytest', 'ruff', 'pre-commit']},
+    extras_require={
+        'test': ['pytest', 'pytest-xdist', 'ruff'],
+        'dev': ['pytest', 'pytest-xdist', 'ruff', 'pre-commit'],
+    },
     entry_points={
         'basicsr.plugins': ['llmhdr_basicsr = llmhdr_basicsr.plugin'],
         'console_scripts': [

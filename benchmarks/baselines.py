@@ -214,15 +214,15 @@ def train_supervised(args, name: str, seed: int, pairs, names: tuple[str, ...]) 
     return record
 
 
-def cyclehdr_records(args, names: tuple[str, ...]) -> list[dict]:
-    """The ``full`` runs of ``quality.py`` at this budget (trained here when not stored yet)."""
+def cyclehdr_records(args, names: tuple[str, ...], variant: str = 'full') -> list[dict]:
+    """The ``variant`` runs of ``quality.py`` at this budget (trained here when not stored yet), one per seed."""
     qargs = q.parse_args(quality_argv(args))
     split = Path(args.work) / 'split'
-    overrides = q.VARIANTS['full'][1]
+    overrides = q.VARIANTS[variant][1]
     out = []
     for seed in args.seeds:
-        rec = q.cached_run(qargs, split, Path(args.work), 'full', seed, overrides)
-        out.append(rec or q.run_one(qargs, split, Path(args.work), 'full', seed, overrides, names))
+        rec = q.cached_run(qargs, split, Path(args.work), variant, seed, overrides)
+        out.append(rec or q.run_one(qargs, split, Path(args.work), variant, seed, overrides, names))
     return out
 
 

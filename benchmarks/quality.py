@@ -12,8 +12,9 @@ Protocol (printed with the results, so anyone can reproduce them):
    scenes rendered by cameras *outside* that family (:mod:`llmhdr_basicsr.utils.renderings`: filmic, ACES, Drago and
    Reinhard tone curves, contrast and saturation boosts, sensor noise, JPEG), which training never sees.
 2. Train ``CycleHDRModel`` (every loss that needs no external weights) for ``--iters`` iterations (or ``--budget-min``
-   minutes) per seed and variant. A variant (``--variants``) is the default recipe with one part switched off or
-   changed (the ablation), or a plain CycleGAN with the same generator; ``--set key=value`` changes any option.
+   minutes) per seed and variant. A variant (``--variants``) is the full method (``full``: every part) with one part
+   switched off or changed (the ablation), the CPU recipe chosen on validation (``recipe``: the settings of
+   ``options/llmhdr_cpu.yml``), or a plain CycleGAN with the same generator; ``--set key=value`` changes any option.
 3. Reconstruct every LDR of the chosen sets (``--eval``: ``test`` = ``test`` + ``test_ood``, ``val`` = ``val`` +
    ``val_ood``, or both) with G_Y (full image) and with every registered classical operator, and score all of them
    with :func:`llmhdr_basicsr.metrics.hdr_metric.compute_hdr_metrics` (the code behind ``llmhdr-eval`` and the
@@ -27,7 +28,7 @@ and split over several processes (``--jobs N`` runs N trainings side by side wit
 
 Usage::
 
-    python benchmarks/quality.py                                  # default recipe, seeds 0 1 2, test sets
+    python benchmarks/quality.py                                  # the full method, seeds 0 1 2, test sets
     python benchmarks/quality.py --eval val --seeds 0             # tuning: validation sets
     python benchmarks/quality.py --variants ablation --jobs 2     # the ablation table
     python benchmarks/quality.py --set train.llm_opt.loss_weight=0.3 --eval val --tag llm03
@@ -77,10 +78,10 @@ DELETE = object()  # an override value that removes the option (switches a loss 
 #: S-curves (toe and shoulder), JPEG and white-balance errors; never the out-of-family test renderings.
 WIDE_CAMERA = {'logistic_prob': 0.4, 'jpeg_prob': 0.3, 'wb_jitter': 0.05}
 
-#: The ablation: the default recipe (``full``) with one part off or changed, and a plain CycleGAN with the same
+#: The ablation: the full method (``full``) with one part off or changed, and a plain CycleGAN with the same
 #: generator and budget. Each entry: (description, {dotted option: value or DELETE}).
 VARIANTS: dict[str, tuple[str, dict]] = {
-    'full': ('the default recipe', {}),
+    'full': ('every part (the reference of the ablation)', {}),
     'no_perception': ('without the perception loss L_heu', {'train.llm_opt': DELETE}),
     'no_gating': ('without the perception-map gates', {'network_g.gating': False, 'network_g_hdr2ldr.gating': False}),
     'no_feedback': ('one decoder pass (T = 1): no feedback loop',
@@ -95,6 +96,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                       {'datasets.train.virtual_camera': True}),
     'no_curve': ('fixed sRGB base instead of the learned camera curve',
                  {'network_g.crf_basis': False, 'network_g_hdr2ldr.crf_basis': False}),
+    'recipe': ('the CPU recipe chosen on validation: full without the adversarial terms, T = 1',
+               {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1}),
     'cyclegan': ('plain CycleGAN with the same U-Net: adversarial 1, cycle 10, identity 5; no gates, feedback, '
                  'perception, camera cycle or curve', {
                      'network_g.gating': False, 'network_g_hdr2ldr.gating': False,

@@ -4,8 +4,9 @@ scenes of ``benchmarks/quality.py``, scored with TMQI and against reference LDR 
 Protocol (printed with the results):
 
 1. The scenes, split and trained models are those of ``benchmarks/quality.py`` (same ``--work`` folder): G_X is the
-   ``net_g_hdr2ldr`` of each ``full`` run at ``--iters`` iterations and each seed of ``--seeds`` (reused when stored,
-   trained here otherwise). The HDR images are the ground truth of the test scenes (``--eval val``: the validation
+   ``net_g_hdr2ldr`` of each run of ``--variants`` (default ``full``; e.g. ``full,no_cycle,no_adversarial`` shows
+   what each term does for G_X) at ``--iters`` iterations and each seed of ``--seeds`` (reused when stored, trained
+   here otherwise). The HDR images are the ground truth of the test scenes (``--eval val``: the validation
    scenes, for tuning).
 2. G_X sees each HDR image as in training and in ``llmhdr-tonemap``: the run's ``hdr_norm`` luminance percentile
    mapped to 1, then its mu-law with the generator's headroom; the whole image in one call. The classical operators
@@ -14,12 +15,13 @@ Protocol (printed with the results):
 3. Metrics (:mod:`llmhdr_basicsr.metrics.tmqi_metric`, the code of ``llmhdr-eval --direction hdr2ldr``): TMQI Q and
    its structural fidelity S and naturalness N against the HDR image (no reference LDR needed), and PSNR / SSIM
    (8-bit units) against two reference renderings of the same scene that the split holds: the LDR of the training
-   camera family (``*_ldr``, what G_X's virtual-camera cycle imitates) and the LDR of a camera outside it
+   camera family (``*_ldr``, the cameras of G_Y's virtual-camera cycle) and the LDR of a camera outside it
    (``*_ood_ldr``: filmic, ACES, Drago, Reinhard curves...). Mean over the images, then mean +- sd over seeds.
 
 Usage::
 
     python benchmarks/tonemapping.py --iters 600 --seeds 0 1 2 --markdown tonemapping.md
+    python benchmarks/tonemapping.py --iters 600 --variants full,no_cycle,no_adversarial --stored   # stored runs
     python benchmarks/tonemapping.py --smoke --data DIR --work DIR      # tiny widths, 2 iterations (tests)
 """
 
@@ -105,30 +107,30 @@ def classical(op: str):
     return tonemap
 
 
-def gx_of_run(work: Path, seed: int):
-    """G_X of the stored ``full`` run of ``seed``, applied as ``llmhdr-tonemap`` applies it."""
+def gx_of_run(work: Path, seed: int, variant: str = 'full'):
+    """G_X of the stored ``variant`` run of ``seed``, applied as ``llmhdr-tonemap`` applies it."""
     import yaml
 
     from llmhdr_basicsr.infer import Reconstructor, load_network
 
-    exp = work / 'runs' / f'full_seed{seed}' / 'experiments' / 'quality_benchmark'
+    exp = work / 'runs' / f'{variant}_seed{seed}' / 'experiments' / 'quality_benchmark'
     weights, opt_path = exp / 'models' / 'net_g_hdr2ldr_latest.pth', exp / 'options.yml'
     if not weights.is_file() or not opt_path.is_file():
         raise FileNotFoundError(
             f'{weights} or {opt_path} is missing (the run record exists but not its checkpoint): delete '
-            f'{q.run_path(work, "full", seed)} so that the run is trained again'
+            f'{q.run_path(work, variant, seed)} so that the run is trained again'
         )
     hdr_norm = yaml.safe_load(opt_path.read_text())['datasets']['train']['hdr_norm']
     loaded = load_network('hdr2ldr', str(weights), str(opt_path))
     return Reconstructor(loaded, 'hdr2ldr', torch.device('cpu'), tile=0, hdr_norm=hdr_norm)
 
 
-def stored_records(args) -> list[dict]:
-    """``--stored``: the ``full`` run records of ``--work`` at this budget as they are, whatever code version trained
-    them (their options and iterations are checked, the code digest is not)."""
+def stored_records(args, variant: str = 'full') -> list[dict]:
+    """``--stored``: the ``variant`` run records of ``--work`` at this budget as they are, whatever code version
+    trained them (their iterations are checked, the code digest is not)."""
     out = []
     for seed in args.seeds:
-        path = q.run_path(Path(args.work), 'full', seed)
+        path = q.run_path(Path(args.work), variant, seed)
         if not path.is_file():
             raise FileNotFoundError(f'--stored: no run record {path}; run benchmarks/quality.py --iters {args.iters}')
         rec = json.loads(path.read_text())
@@ -146,10 +148,11 @@ def summarise(per_seed_rows: list[dict]) -> dict:
 
 
 def table_lines(rows: dict) -> list[str]:
-    head = f'{"method":<22}' + ''.join(f'{COLUMNS[c][0]:>16}' for c in COLUMNS)
+    width = max(22, *(len(name) + 2 for name in rows))
+    head = f'{"method":<{width}}' + ''.join(f'{COLUMNS[c][0]:>16}' for c in COLUMNS)
     lines = [head, '-' * len(head)]
     for name, row in rows.items():
-        lines.append(f'{name:<22}' + ''.join(f'{q.fmt(*row[c]):>16}' for c in COLUMNS))
+        lines.append(f'{name:<{width}}' + ''.join(f'{q.fmt(*row[c]):>16}' for c in COLUMNS))
     return lines
 
 
@@ -175,8 +178,9 @@ def parse_args(argv):
     p.add_argument(
         '--stored',
         action='store_true',
-        help='use the stored "full" runs of --work as they are (no code-digest check), never train',
+        help='use the stored runs of --work as they are (no code-digest check), never train',
     )
+    p.add_argument('--variants', default='full', help='comma-separated quality.py variants whose G_X is scored')
     p.add_argument('--smoke', action='store_true', help='tiny widths (and --iters 2 unless given): a quick check')
     p.add_argument('--json', help='write all numbers to this JSON file')
     p.add_argument('--markdown', help='also write the table as Markdown to this file')
@@ -185,6 +189,10 @@ def parse_args(argv):
         args.iters = 2
     args.no_cvvdp = True  # only matters for CycleHDR runs trained here: their LDR -> HDR scores are not used
     args.data, args.work = str(Path(args.data).resolve()), str(Path(args.work).resolve())
+    args.variants = [v for v in args.variants.split(',') if v]
+    unknown = [v for v in args.variants if v not in q.VARIANTS]
+    if unknown:
+        p.error(f'--variants: unknown {unknown}; choose from {list(q.VARIANTS)}')
     return args
 
 
@@ -202,17 +210,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f'command: {command}\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, '
           f'torch {torch.__version__}, {args.threads} threads, load average {load}')  # fmt: skip
     items = scenes(work / 'split', args.eval)
-    print(f'{args.eval} HDR scenes: {[name for name, *_ in items]}; G_X of the "full" runs at {args.iters} '
-          f'iterations, seeds {args.seeds}')  # fmt: skip
-    records = stored_records(args) if args.stored else b.cyclehdr_records(args, tuple(m for m in q.METRICS
-                                                                                    if m != 'cvvdp'))  # fmt: skip
-    torch.set_num_threads(args.threads)
-    per_seed = []
-    for rec in records:
-        gx = gx_of_run(work, rec['seed'])
-        per_seed.append(score_operator(gx, items))
-    rows = {GX: summarise(per_seed)}
-    per_image = {GX: per_seed}
+    print(f'{args.eval} HDR scenes: {[name for name, *_ in items]}; G_X of the {args.variants} runs at '
+          f'{args.iters} iterations, seeds {args.seeds}')  # fmt: skip
+    names = tuple(m for m in q.METRICS if m != 'cvvdp')
+    rows, per_image = {}, {}
+    for variant in args.variants:
+        records = stored_records(args, variant) if args.stored else b.cyclehdr_records(args, names, variant)
+        torch.set_num_threads(args.threads)
+        per_seed = [score_operator(gx_of_run(work, rec['seed'], variant), items) for rec in records]
+        label = GX if args.variants == ['full'] else f'{GX} [{variant}]'
+        rows[label], per_image[label] = summarise(per_seed), per_seed
     for name, op in OPERATORS.items():
         scores = score_operator(classical(op), items)
         rows[name], per_image[name] = summarise([scores]), scores

@@ -2,6 +2,7 @@
 
 Usage::
 
+    llmhdr-infer -i photo.jpg -o results/                                  # the model that ships with the package
     llmhdr-infer -i photos/ -o results/ --weights net_g_200000.pth -opt options/llmhdr.yml
     llmhdr-infer -i photo.jpg -o results/ --arch MasiaITMO                 # a classical baseline, no weights
     llmhdr-infer -i scenes/ -o ldr/ --direction hdr2ldr --weights net_g_hdr2ldr_200000.pth -opt options/llmhdr.yml
@@ -19,7 +20,9 @@ Which network (first match wins; a checkpoint and an option file that disagree a
 2. ``-opt FILE``: the ``network_g`` block (``network_g_hdr2ldr`` for ``--direction hdr2ldr``) of a BasicSR option
    file; ``--weights`` defaults to its ``path.pretrain_network_g[_hdr2ldr]``;
 3. the checkpoint's own ``'arch'`` entry ``{'type': NAME, 'kwargs': {...}}`` (written by
-   :func:`save_inference_checkpoint`); plain BasicSR checkpoints have none: pass ``-opt`` then.
+   :func:`save_inference_checkpoint`); plain BasicSR checkpoints have none: pass ``-opt`` then;
+4. none of these: the model that ships with the package (:mod:`llmhdr_basicsr.pretrained`: both generators of
+   ``options/llmhdr_cpu.yml`` trained on the example data).
 
 Checkpoints are BasicSR's ``{'params': ..., 'params_ema': ...}`` dicts (``--param-key``; default ``params_ema`` when
 present, else ``params``), loaded on the CPU with ``torch.load(weights_only=True)``; missing or unexpected keys are
@@ -263,6 +266,13 @@ def load_network(
                 param_key = option_file['path'][f'param_key_{suffix}']
     else:
         arch_opt = source = None
+        if weights is None:  # nothing named: the model that ships with the package
+            from llmhdr_basicsr.pretrained import bundled_checkpoint
+
+            try:
+                weights = bundled_checkpoint(direction)
+            except FileNotFoundError as err:
+                raise UsageError(str(err)) from err
 
     state = arch_ckpt = used = None
     if weights:
@@ -578,7 +588,11 @@ def build_parser(prog: str = 'llmhdr-infer', tonemap: bool = False) -> argparse.
     p.add_argument('-i', '--input', required=True, help='image file or folder')
     p.add_argument('-o', '--output', default='results', help='output folder (created)')
     net = p.add_argument_group('network')
-    net.add_argument('--weights', help='checkpoint (BasicSR net_g_*.pth / net_g_hdr2ldr_*.pth)')
+    net.add_argument(
+        '--weights',
+        help='checkpoint (BasicSR net_g_*.pth / net_g_hdr2ldr_*.pth); without --weights, -opt and --arch: the model '
+        'that ships with the package (options/llmhdr_cpu.yml on the example data)',
+    )
     net.add_argument('-opt', '--opt', dest='opt', help='BasicSR option file whose network_g[_hdr2ldr] block builds it')
     net.add_argument('--arch', help='registered architecture name built with its defaults (e.g. MasiaITMO)')
     net.add_argument('--param-key', default='auto', help='auto (params_ema if present, else params), params, ...')

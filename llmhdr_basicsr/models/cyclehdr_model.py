@@ -164,7 +164,7 @@ class CycleHDRModel(HDRBaseModel):
             self.losses[block] = cri
         self.cri_gan = self.losses['gan_opt']
         self._setup_guidance(self.losses['clip_opt'], 'train.clip_opt')
-        if self.cri_gan is None:
+        if self.cri_gan is None and 'gan_opt' not in train_opt:  # a weight of 0 (or null) switches it off knowingly
             get_root_logger().warning('train.gan_opt is missing: training without the adversarial term.')
         self.pool_hdr = ImagePool(train_opt.get('pool_size', 50))
         self.pool_ldr = ImagePool(train_opt.get('pool_size', 50))
