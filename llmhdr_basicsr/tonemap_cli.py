@@ -2,6 +2,7 @@
 
 Usage::
 
+    llmhdr-tonemap -i scenes/ -o ldr/                                        # G_X of the model bundled with the package
     llmhdr-tonemap -i scenes/ -o ldr/ --weights net_g_hdr2ldr_200000.pth -opt options/llmhdr.yml   # the paper's TMO
     llmhdr-tonemap -i scenes/ -o ldr/ --operator reinhard --stops 0.5                             # classical
 
