@@ -98,6 +98,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                  {'network_g.crf_basis': False, 'network_g_hdr2ldr.crf_basis': False}),
     'recipe': ('the CPU recipe chosen on validation: full without the adversarial terms, T = 1',
                {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1}),
+    'expansion': ('the recipe with the learned highlight expansion of the base (KO-style map, stops per image)',
+                  {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
+                   'network_g.highlight_expansion': True}),
     'cyclegan': ('plain CycleGAN with the same U-Net: adversarial 1, cycle 10, identity 5; no gates, feedback, '
                  'perception, camera cycle or curve', {
                      'network_g.gating': False, 'network_g_hdr2ldr.gating': False,

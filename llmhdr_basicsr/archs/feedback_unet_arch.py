@@ -77,6 +77,7 @@ from llmhdr_basicsr.utils.tonemap import hdr_to_model, model_to_hdr, srgb_decode
 
 from .arch_util import ConvLSTMCell, FiLM, conv_norm_act, init_weights, pad_to_multiple
 from .crf_basis import CRFBasisBase
+from .highlight_expansion import HighlightExpansion
 
 #: Output domains of :class:`FeedbackUNet`.
 OUT_DOMAINS = ('hdr_mu', 'ldr')
@@ -208,6 +209,11 @@ class FeedbackUNet(nn.Module):
             from the bottleneck (:class:`~llmhdr_basicsr.archs.crf_basis.CRFBasisBase`; an addition of this
             project): ``true`` = the default basis, a list of ``['gamma', g]`` / ``['sigmoid', g, beta]`` = that
             basis, false/None = off (the base is the fixed sRGB curve). Needs ``residual=True``.
+        highlight_expansion: (``'hdr_mu'`` only) lift the saturated regions of the linearised base above white by a
+            per-image number of stops predicted from the bottleneck
+            (:class:`~llmhdr_basicsr.archs.highlight_expansion.HighlightExpansion`; an addition of this project):
+            ``true`` = its defaults, a dict = its keyword arguments, false/None = off. Its ``max_stops`` is
+            ``headroom``. Needs ``residual=True``.
     """
 
     def __init__(
@@ -232,6 +238,7 @@ class FeedbackUNet(nn.Module):
         pad_mode: str = 'replicate',
         headroom: float = 0.0,
         crf_basis: bool | list | None = None,
+        highlight_expansion: bool | dict | None = None,
     ) -> None:
         super().__init__()
         if out_domain not in OUT_DOMAINS:
@@ -305,12 +312,27 @@ class FeedbackUNet(nn.Module):
                 )
             direction = 'decode' if out_domain == 'hdr_mu' else 'encode'
             self.crf = CRFBasisBase(c4, direction, None if crf_basis is True else crf_basis)
+        self.expansion = None
+        if highlight_expansion not in (None, False):
+            if not residual or out_domain != 'hdr_mu':
+                raise ValueError(
+                    "FeedbackUNet: highlight_expansion shapes the residual base of out_domain 'hdr_mu' and needs "
+                    'residual=True'
+                )
+            if not (highlight_expansion is True or isinstance(highlight_expansion, dict)):
+                raise ValueError(
+                    f'FeedbackUNet: highlight_expansion must be true, false/null or a dict, not {highlight_expansion!r}'
+                )
+            kwargs = {} if highlight_expansion is True else dict(highlight_expansion)
+            self.expansion = HighlightExpansion(c4, max_stops=self.headroom, **kwargs)
         if gating:
             self.gate_af, self.gate_ox = MapGate(c4), MapGate(c3)
             self.gate_ux = nn.ModuleList([MapGate(c1), MapGate(c2), MapGate(c3)])
         init_weights(self, init_std)
         if self.crf is not None:  # its own initialisation (sRGB-anchored), not N(0, std)
             self.crf.reset_parameters()
+        if self.expansion is not None:
+            self.expansion.reset_parameters()
         # special initialisations after the global N(0, std): every optional path starts as the identity
         self.lstm.reset_forget_bias()
         if self.film is not None:
@@ -332,11 +354,13 @@ class FeedbackUNet(nn.Module):
         """Everything computed once per input: padding, the encoder, and the input in the output domain.
 
         The domain conversions of the generator all happen here: ``base`` (the input mapped to the output domain by
-        the fixed sRGB curve, or by the learned camera curve of ``crf_basis``) and its logit for the residual head.
+        the fixed sRGB curve, or by the learned camera curve of ``crf_basis``, then lifted above white where the
+        input saturates by ``highlight_expansion``) and its logit for the residual head.
 
         Args:
             x: ``(N, 3, H, W)`` input in the input domain (see :meth:`forward`).
-            detach_curve: no gradient reaches the camera-curve mixture weights (``crf_basis``).
+            detach_curve: no gradient reaches the camera-curve mixture weights (``crf_basis``) nor the predicted
+                expansion stops (``highlight_expansion``).
         """
         xp, size = pad_to_multiple(x, 8, min_size=16, mode=self.pad_mode)
         s1 = self.enc1(xp)
@@ -344,11 +368,15 @@ class FeedbackUNet(nn.Module):
         s3 = self.enc3(F.max_pool2d(s2, 2))
         e = self.enc4(F.max_pool2d(s3, 2))
         base = base_logit = None
-        if self.crf is not None:  # learned per-image camera curve (crf_basis.py)
-            if self.out_domain == 'hdr_mu':  # display LDR -> linear (white 1) -> T-space
-                base = hdr_to_model(self.crf(xp, e, detach_curve), self.headroom)
-            else:  # T-space HDR -> linear (values above white clip) -> display LDR
-                base = self.crf(model_to_hdr(xp, self.headroom), e, detach_curve)
+        if self.out_domain == 'hdr_mu' and (self.crf is not None or self.expansion is not None):
+            # display LDR -> linear (white 1; learned camera curve, crf_basis.py) -> highlights lifted above white
+            # (highlight_expansion.py) -> T-space
+            lin = self.crf(xp, e, detach_curve) if self.crf is not None else srgb_decode(xp)
+            if self.expansion is not None:
+                lin = self.expansion(lin, xp, e, detach_curve)
+            base = hdr_to_model(lin, self.headroom)
+        elif self.crf is not None:  # T-space HDR -> linear (values above white clip) -> display LDR
+            base = self.crf(model_to_hdr(xp, self.headroom), e, detach_curve)
         elif self.residual or self.gating or self.feedback_input:
             base = output_domain_base(xp, self.out_domain, self.headroom)
         if self.residual:

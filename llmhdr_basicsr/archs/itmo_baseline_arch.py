@@ -202,6 +202,31 @@ def cross_bilateral_grid(data: torch.Tensor, guide: torch.Tensor, sigma_s: float
     return torch.where(den_s > _EPS, num_s / den_s.clamp(min=_EPS), torch.zeros_like(num_s))
 
 
+def brightness_enhancement(
+    ldr: torch.Tensor,
+    sigma_s: float | None = None,
+    sigma_r: float = 25.0 / 255.0,
+    threshold: float = 254.0 / 255.0,
+) -> torch.Tensor:
+    """Kovaleski & Oliveira's brightness enhancement function: the saturated-pixel mask, cross-bilaterally filtered.
+
+    ``BEF = CrossBilateral([max_c x_c > threshold]; guide = Y(x), sigma_s, sigma_r)`` (:func:`cross_bilateral_grid`).
+
+    Args:
+        ldr: ``(N, 3, H, W)`` display-referred LDR in [0, 1].
+        sigma_s: spatial sigma in pixels; ``None`` = 150 px scaled to the input, ``150 * max(H, W) / 1920``.
+        sigma_r: range sigma on the display-referred luminance.
+        threshold: saturation threshold on the maximum channel (strictly greater counts).
+
+    Returns:
+        ``(N, 1, H, W)`` in [0, 1]: ~1 inside large saturated regions, falling off with distance, stopping at edges.
+    """
+    h, w = ldr.shape[-2:]
+    sigma_s = sigma_s if sigma_s is not None else 150.0 * max(h, w) / 1920.0
+    mask = (ldr.amax(dim=1, keepdim=True) > threshold).to(ldr.dtype)
+    return cross_bilateral_grid(mask, luminance(ldr), sigma_s, sigma_r).clamp(0.0, 1.0)
+
+
 class _ITMOBase(nn.Module):
     """Shared checks and output-domain handling of the baselines (no parameters, no buffers)."""
 
@@ -466,10 +491,7 @@ class KovaleskiOliveiraITMO(_ITMOBase):
         Returns:
             ``(N, 1, H, W)``: ~1 inside large saturated regions, falling off with distance, stopping at edges.
         """
-        h, w = ldr.shape[-2:]
-        sigma_s = self.sigma_s if self.sigma_s is not None else 150.0 * max(h, w) / 1920.0
-        mask = (ldr.amax(dim=1, keepdim=True) > self.threshold).to(ldr.dtype)
-        return cross_bilateral_grid(mask, luminance(ldr), sigma_s, self.sigma_r).clamp(0.0, 1.0)
+        return brightness_enhancement(ldr, self.sigma_s, self.sigma_r, self.threshold)
 
     def expand(self, ldr: torch.Tensor) -> torch.Tensor:
         lin = self.linearize(ldr)
@@ -489,6 +511,7 @@ __all__ = [
     'KovaleskiOliveiraITMO',
     'LinearizeITMO',
     'MasiaITMO',
+    'brightness_enhancement',
     'change_luminance',
     'cross_bilateral_grid',
     'image_key',

@@ -42,8 +42,9 @@ term                   value                                               block
 
 The virtual-camera cycle uses only the HDR set (the photo ``c(y)`` is synthesised from the HDR crop), so training
 stays unpaired; with a learned camera curve (``network_g.crf_basis``) and ``train.curve_from_camera`` (default true)
-only this term trains G_Y's curve mixture. With ``train.deep_supervision`` every image term is averaged over the
-feedback iterations of the generator that produced it (FHDR's deep supervision), not only the last output.
+only this term trains G_Y's curve mixture (and the stops of ``network_g.highlight_expansion``). With
+``train.deep_supervision`` every image term is averaged over the feedback iterations of the generator that produced
+it (FHDR's deep supervision), not only the last output.
 
 Training step (CycleGAN's ``optimize_parameters``): :meth:`forward` runs every generator pass once, then
 :meth:`backward_g` with both discriminators frozen, then :meth:`backward_d` on real vs pooled fakes, each D loss
@@ -178,7 +179,7 @@ class CycleHDRModel(HDRBaseModel):
         self.curve_from_camera = bool(
             train_opt.get('curve_from_camera', True)
             and self.losses['camera_opt'] is not None
-            and getattr(self.get_bare_model(self.net_g), 'crf', None) is not None
+            and any(getattr(self.get_bare_model(self.net_g), name, None) is not None for name in ('crf', 'expansion'))
         )
         self.setup_amp(train_opt.get('amp'))
         self.setup_optimizers()
