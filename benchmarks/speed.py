@@ -30,6 +30,12 @@ alike. Each time is the median of ``--repeats`` runs after ``--warmup`` untimed 
     Samples per second of ``UnpairedLDRHDRDataset`` through a ``DataLoader`` with ``--workers`` (2) workers at
     ``--size`` crops from ``--data`` (default ``../shared/data``); goal: >= 5x the training step's sample rate
     (needs ``step`` in the same run).
+``judge``
+    Step time with the training-time VLM judge (``train.llm_opt.backend: vlm``) against a local server that answers
+    in 2 s, in 20 s, or never, relative to the judge off (interleaved as above). The judge submits at every step
+    (``judge_every: 1``, the worst case); the figure for a real setting is the amortised ratio at ``--judge-every``
+    (default 50): ``1 + (ratio at every step - 1) / judge_every``. Goal: amortised <= 1.05x for every server;
+    the judge's answered / dropped / failed counts are printed.
 ``profile`` (not in the default list)
     ``torch.profiler`` of one step of each model: time by operator category, operator counts, and the most expensive
     operators with their input shapes. Use it when the GMAC/s goal fails.
@@ -70,8 +76,8 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / 'shared' / 'data'
-SECTIONS = ('step', 'extras', 'infer', 'data', 'profile')
-DEFAULT_SECTIONS = ('step', 'extras', 'infer', 'data')
+SECTIONS = ('step', 'extras', 'judge', 'infer', 'data', 'profile')
+DEFAULT_SECTIONS = ('step', 'extras', 'judge', 'infer', 'data')
 CHILD_TAG = 'SPEED_CHILD_RESULT '
 
 #: Tiny open_clip image tower for ``--tiny`` (random weights, no download), registered under this name.
@@ -106,6 +112,7 @@ class Settings:
     overlap: int
     tiny: bool
     seed: int = 0
+    judge_every: int = 50
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -131,6 +138,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--json', type=Path, default=None, help='also write all numbers to this JSON file')
     p.add_argument('--tiny', action='store_true', help='toy sizes for a smoke run (num_feat 4, 32x32, 2 repeats, ...)')
     p.add_argument('--seed', type=int, default=0, help='torch.manual_seed (default 0)')
+    p.add_argument('--judge-every', type=int, default=50, help='judge section: the amortised figure (default 50)')
     p.add_argument('--infer-child', default=None, help=argparse.SUPPRESS)  # internal: one inference run, JSON spec
     return p.parse_args(argv)
 
@@ -173,6 +181,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         overlap=pick(args.overlap, 32, 8),
         tiny=tiny,
         seed=args.seed,
+        judge_every=args.judge_every,
     )
     for name in ('size', 'num_feat', 'num_iter', 'batch', 'repeats', 'threads', 'data_samples', 'tile'):
         if getattr(s, name) < 1:
@@ -847,6 +856,97 @@ def section_extras(s: Settings, results: dict) -> tuple[dict, list[Goal]]:
     return out, goals
 
 
+class SlowVLMServer:
+    """A local OpenAI-style chat server on 127.0.0.1 that answers every request after ``delay`` seconds (``None``:
+    never, until :meth:`stop`) with an empty but valid report."""
+
+    REPLY = json.dumps({'choices': [{'message': {'content': '{"artifacts": false, "regions": []}'}}]}).encode()
+
+    def __init__(self, delay: float | None) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        release = self.release = threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's name)
+                self.rfile.read(int(self.headers.get('Content-Length', 0)))
+                release.wait(delay)
+                if delay is None:
+                    return
+                self.send_response(200)
+                self.send_header('Content-Type', 'application/json')
+                self.send_header('Content-Length', str(len(SlowVLMServer.REPLY)))
+                self.end_headers()
+                self.wfile.write(SlowVLMServer.REPLY)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f'http://127.0.0.1:{self.httpd.server_address[1]}/v1'
+
+    def stop(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def section_judge(s: Settings, results: dict) -> tuple[dict, list[Goal]]:
+    """Step time with the VLM judge on (servers answering in 2 s, 20 s, never) relative to the judge off."""
+    batches = [training_batch(s, draw) for draw in range(max(s.warmup, 1) + s.repeats)]
+    servers = {'2 s': SlowVLMServer(2.0), '20 s': SlowVLMServer(20.0), 'never': SlowVLMServer(None)}
+    runners = [Runner('judge off', build_ours(s), batches)]
+    for name, server in servers.items():
+        model = build_ours(s)
+        opt = {'base_url': server.url, 'model': 'bench', 'timeout': 60.0, 'retries': 0, 'judge_every': 1}
+        from llmhdr_basicsr.perception.judge import VLMJudge
+
+        model.judge = VLMJudge.from_options(opt)
+        runners.append(Runner(f'judge on, server answers in {name}', model, batches))
+    try:
+        res = measure(runners, s)
+        counts = {r.name: r.model.judge.stats() if getattr(r.model, 'judge', None) else {} for r in runners}
+    finally:
+        for r in runners:
+            if getattr(r.model, 'judge', None) is not None:
+                r.model.judge.close()
+        for server in servers.values():
+            server.stop()
+    off, off_cpu = res[runners[0].name]['median'], res[runners[0].name]['cpu_median']
+    rows, ratios, amortised = [], {}, {}
+    for r in runners:
+        m = res[r.name]['median']
+        ratios[r.name] = ratio(m, off)
+        amortised[r.name] = None if ratios[r.name] is None else 1 + (ratios[r.name] - 1) / s.judge_every
+        rows.append(
+            [
+                r.name,
+                fmt_time(m),
+                fmt_x(ratios[r.name]),
+                fmt_x(ratio(res[r.name]['cpu_median'], off_cpu) if s.device.type == 'cpu' else None),
+                fmt_x(amortised[r.name]),
+                ', '.join(f'{k} {v}' for k, v in counts[r.name].items()) or '-',
+            ]
+        )
+    print_table(
+        f'Judge: step time with the VLM judge submitting at every step ({s.size}x{s.size}, batch {s.batch})',
+        ['configuration', 'median step', 'ratio', 'of CPU times', f'amortised, judge_every {s.judge_every}', 'judge'],
+        rows,
+    )
+    goals = [
+        Goal(f'judge on ({name}) amortised / off', amortised[r.name], '<=', 1.05)
+        for name, r in zip(servers, runners[1:])
+    ]
+    return {'runs': res, 'ratios': ratios, 'amortised': amortised, 'counts': counts}, goals
+
+
 def _make_infer_image(height: int, width: int):
     """A real photo from ``shared/data/ldr`` (or a smooth synthetic image) resized to ``height x width``.
 
@@ -1156,6 +1256,7 @@ def section_profile(s: Settings, results: dict) -> tuple[dict, list[Goal]]:
 SECTION_FUNCS = {
     'step': section_step,
     'extras': section_extras,
+    'judge': section_judge,
     'infer': section_infer,
     'data': section_data,
     'profile': section_profile,
@@ -1181,6 +1282,9 @@ def summary_line(results: dict, goals: list[Goal]) -> str:
         rc = list(results['extras'].get('ratios_cpu', {}).values())
         if rc and rc[0] is not None:
             parts[-1] += f' (CPU time: perception {fmt_x(rc[0])}, both {fmt_x(rc[4])}, cached maps {fmt_x(rc[5])})'
+    if 'judge' in results:
+        am = list(results['judge']['amortised'].values())[1:]
+        parts.append('judge amortised ' + ', '.join(fmt_x(a) for a in am) + ' (2 s, 20 s, never)')
     if 'infer' in results:
         inf = results['infer']
         parts.append(

@@ -9,6 +9,7 @@ from llmhdr_basicsr.archs.arch_util import ConvLSTMCell, count_parameters, pad_t
 from llmhdr_basicsr.archs.feedback_unet_arch import FeedbackUNet, MapGate, output_domain_base
 from llmhdr_basicsr.archs.patchgan_arch import PatchGANDiscriminator
 from llmhdr_basicsr.perception.heuristic import PerceptionMaps
+from llmhdr_basicsr.utils.tonemap import model_to_hdr
 
 TINY = dict(num_feat=4, lstm_feat=6, guidance_hidden=8)
 
@@ -445,3 +446,49 @@ def test_crf_basis_bad_options_are_named():
         tiny(crf_basis=True, residual=False)
     with pytest.raises(ValueError, match="'sigmoid', g > 0, beta > 0"):
         tiny(crf_basis=[['sigmoid', 0.9]])
+
+
+# ------------------------------------------------------------- learned highlight expansion (highlight_expansion)
+def _clipped_scene() -> torch.Tensor:
+    """(1, 3, 64, 64) LDR with a clipped 24x24 block (a lamp or sky) on a dark gradient."""
+    x = torch.linspace(0.05, 0.5, 64).view(1, 1, 1, 64).expand(1, 3, 64, 64).clone()
+    x[..., 8:32, 8:32] = 1.0
+    return x
+
+
+def test_highlight_expansion_lifts_only_saturated_regions_by_the_initial_stops():
+    torch.manual_seed(0)
+    x = _clipped_scene()
+    plain = tiny(headroom=4)
+    net = tiny(headroom=4, highlight_expansion={'init_stops': 2.0, 'sigma_s': 8.0})
+    net.load_state_dict(plain.state_dict(), strict=False)  # same U-Net, the expansion adds its own parameters
+    with torch.no_grad():
+        lin_plain, lin = model_to_hdr(plain(x), 4), model_to_hdr(net(x), 4)
+    inside, far = (..., slice(16, 24), slice(16, 24)), (..., slice(48, 64), slice(48, 64))
+    torch.testing.assert_close(lin[inside] / lin_plain[inside], torch.full_like(lin[inside], 4.0), rtol=0.02, atol=0)
+    torch.testing.assert_close(lin[far], lin_plain[far], rtol=1e-4, atol=1e-6)  # far from any clipped pixel
+    assert float(lin.amax()) < 16.0  # never beyond the headroom
+
+
+def test_highlight_expansion_stops_learn_and_detach_with_the_curve():
+    torch.manual_seed(0)
+    net = tiny(headroom=4, crf_basis=True, highlight_expansion=True)
+    x = _clipped_scene()
+    net(x).mean().backward()
+    assert net.expansion.bias.grad.abs() > 0 and net.expansion.proj.weight.grad.abs().sum() > 0
+    net.zero_grad(set_to_none=True)
+    net(x, detach_curve=True).mean().backward()  # the terms that do not train the curve do not train the stops
+    assert net.expansion.bias.grad is None and net.expansion.proj.weight.grad is None
+    no_clip = x.clamp(max=0.9)  # nothing saturates: no expansion, no gradient to the stops
+    net.zero_grad(set_to_none=True)
+    net(no_clip).mean().backward()
+    assert float(net.expansion.bias.grad.abs()) == 0.0
+
+
+def test_highlight_expansion_bad_options_are_named():
+    with pytest.raises(ValueError, match='highlight_expansion'):
+        tiny(highlight_expansion='yes')
+    with pytest.raises(ValueError, match="'hdr_mu'"):
+        tiny(out_domain='ldr', highlight_expansion=True)
+    with pytest.raises(ValueError, match='headroom'):
+        tiny(headroom=2, highlight_expansion=True)  # max_stops = headroom must exceed init_stops (2)

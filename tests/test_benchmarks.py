@@ -78,7 +78,7 @@ def test_speed_bad_command_line_is_reported(speed, capsys):
 
 @pytest.mark.slow
 def test_speed_tiny_run_of_the_in_process_sections(speed, tmp_path, capsys):
-    """step, extras, data and profile at toy size: tables, goals, summary line and a complete JSON file."""
+    """step, extras, judge, data and profile at toy size: tables, goals, summary line and a complete JSON file."""
     out = tmp_path / 'speed.json'
     code = speed.main(
         [
@@ -86,7 +86,7 @@ def test_speed_tiny_run_of_the_in_process_sections(speed, tmp_path, capsys):
             '--threads',
             '1',
             '--sections',
-            'step,extras,data,profile',
+            'step,extras,judge,data,profile',
             '--data',
             str(SHARED_DATA),
             '--json',
@@ -111,6 +111,10 @@ def test_speed_tiny_run_of_the_in_process_sections(speed, tmp_path, capsys):
     assert len(extras['ratios']) == 6 and all(v > 0 for v in extras['ratios'].values())
     assert extras['ratios_cpu'].keys() == extras['ratios'].keys()
     assert extras['cache_keys'] == 'from the dataset'
+    judge = result['results']['judge']
+    assert len(judge['ratios']) == 4 and all(v > 0 for v in judge['ratios'].values())
+    on = [name for name in judge['counts'] if name != 'judge off']
+    assert len(on) == 3 and all(judge['counts'][n]['submitted'] >= 1 for n in on)  # it really judged every step
     assert result['results']['data']['samples_per_s'] > 0
     profile = result['results']['profile']
     for name in ('CycleHDR', 'reference CycleGAN'):
@@ -122,6 +126,7 @@ def test_speed_tiny_run_of_the_in_process_sections(speed, tmp_path, capsys):
         'heuristic perception on / off',
         'CLIP + SAM / default step',
         'data loader / training step sample rate',
+        'judge on (never) amortised / off',
     } <= names
     assert all(g['passed'] in (True, False) for g in result['goals'])
 

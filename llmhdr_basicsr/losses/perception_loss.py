@@ -18,8 +18,11 @@ What the maps judge depends on the output:
 - a display-referred output (HDR->LDR) is judged on its own by
   :func:`~llmhdr_basicsr.perception.heuristic.heuristic_maps`: saturated, crushed, and detail the reference lacks.
 
-Optional ``prior`` maps (e.g. cached answers of a VLM about the input, channels [artifact, over, under]) re-weight
-each map spatially by ``1 + prior_gain * prior``, so regions the VLM flagged cost more.
+Optional ``prior`` maps (channels [artifact, over, under]) re-weight each map spatially by ``1 + prior_gain *
+prior``, so regions a VLM flagged cost more: cached answers about the LDR *input* (``llmhdr-perceive``), or, with
+``backend: vlm``, the answers of the training-time judge about the generator's own reconstructions
+(:mod:`llmhdr_basicsr.perception.judge`; ``judge`` holds its options and the model runs it), which replace the input's
+where an image has one.
 """
 
 from __future__ import annotations
@@ -44,7 +47,11 @@ class LLMPerceptionLoss(nn.Module):
         loss_weight: lambda_llm.
         artifact_weight, over_weight, under_weight: weights of the three fractions.
         prior_gain: gain of the optional prior maps (0 ignores them).
-        backend: ``'heuristic'`` (the only on-line backend; VLM answers enter as ``prior`` maps from the cache).
+        backend: ``'heuristic'`` (the soft maps alone, with the cached input maps as ``prior``) or ``'vlm'`` (the
+            same loss, with a VLM judging the reconstructions during training; its answers enter as ``prior``).
+        judge: with ``backend: vlm``: the judge's options, the VLM client's (``base_url``, ``model``, ``timeout``,
+            ``max_tokens`` ...) and :data:`~llmhdr_basicsr.perception.judge.JUDGE_KEYS` (``judge_every``,
+            ``judge_images``, ``queue_size``, ``map_size``, ``prompt``, ``render``, ``render_stops``).
         **map_kwargs: options of the map functions (``stops``, ``clip_tau``, ``artifact_margin`` ... of
             :func:`~llmhdr_basicsr.perception.heuristic.reconstruction_maps`; ``tau``, ``channel_reduce`` ... of
             :func:`~llmhdr_basicsr.perception.heuristic.heuristic_maps`); each function gets the ones it takes, a key
@@ -59,14 +66,19 @@ class LLMPerceptionLoss(nn.Module):
         under_weight: float = 1.0,
         prior_gain: float = 1.0,
         backend: str = 'heuristic',
+        judge: dict | None = None,
         **map_kwargs,
     ):
         super().__init__()
-        if backend != 'heuristic':
+        if backend not in ('heuristic', 'vlm'):
+            raise ValueError(f"llm_opt.backend must be 'heuristic' or 'vlm', got {backend!r}")
+        if backend == 'vlm' and not isinstance(judge, dict):
             raise ValueError(
-                f"llm_opt.backend {backend!r}: the loss runs on-line with the 'heuristic' backend; VLM answers are "
-                'read from the perception cache (datasets.train.maps_cache) and enter as prior maps'
+                'llm_opt.backend vlm needs a judge block: judge: {base_url: http://127.0.0.1:8000/v1, model: NAME, '
+                'judge_every: 50}'
             )
+        if backend == 'heuristic' and judge is not None:
+            raise ValueError("llm_opt.judge is set but llm_opt.backend is 'heuristic': set backend: vlm to use it")
         unknown = sorted(set(map_kwargs) - _RECONSTRUCTION_KEYS - _DISPLAY_KEYS)
         if unknown:
             raise TypeError(
@@ -74,6 +86,7 @@ class LLMPerceptionLoss(nn.Module):
                 f'{sorted(_RECONSTRUCTION_KEYS | _DISPLAY_KEYS)}'
             )
         self.loss_weight = loss_weight
+        self.backend, self.judge_opt = backend, (dict(judge) if judge is not None else None)
         self.weights = (artifact_weight, over_weight, under_weight)
         self.prior_gain = prior_gain
         self.reconstruction_kwargs = {k: v for k, v in map_kwargs.items() if k in _RECONSTRUCTION_KEYS}

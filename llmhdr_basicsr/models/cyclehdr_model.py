@@ -57,6 +57,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from basicsr.losses import build_loss
 from basicsr.utils import get_root_logger
@@ -68,6 +69,7 @@ from llmhdr_basicsr.models.hdr_base_model import DEFAULT_HEADROOM, HDRBaseModel
 from llmhdr_basicsr.models.image_pool import ImagePool
 from llmhdr_basicsr.models.lr_scheduler import build_scheduler
 from llmhdr_basicsr.perception.heuristic import heuristic_maps
+from llmhdr_basicsr.perception.judge import VLMJudge, judged_maps, render_for_judge
 from llmhdr_basicsr.utils.ldr_view import LDRGlobalView
 from llmhdr_basicsr.utils.options import check_keys
 
@@ -165,6 +167,7 @@ class CycleHDRModel(HDRBaseModel):
             self.losses[block] = cri
         self.cri_gan = self.losses['gan_opt']
         self._setup_guidance(self.losses['clip_opt'], 'train.clip_opt')
+        self._setup_judge()
         if self.cri_gan is None and 'gan_opt' not in train_opt:  # a weight of 0 (or null) switches it off knowingly
             get_root_logger().warning('train.gan_opt is missing: training without the adversarial term.')
         self.pool_hdr = ImagePool(train_opt.get('pool_size', 50))
@@ -348,7 +351,7 @@ class CycleHDRModel(HDRBaseModel):
                 'UnpairedLDRHDRDataset options; training goes on without the virtual-camera cycle.'
             )
         if cri['llm_opt'] is not None:  # reconstruction judged against its LDR input; G_X's output as a display image
-            prior = None if self.ldr_prior is None else self.ldr_prior[0] * self.ldr_prior[1]
+            prior = self._perception_prior()
             ref_ldr = output_domain_base(y, 'ldr', self.headroom).detach()  # G_X's input rendered as LDR
             terms['l_g_llm_hdr'] = self._each(lambda o: cri['llm_opt'](o, None, prior, self.to_linear(o), x),
                                               self.fake_hdr)  # fmt: skip
@@ -388,6 +391,56 @@ class CycleHDRModel(HDRBaseModel):
         self.step(sum(losses.values()), self.optimizer_d)
         return OrderedDict(**losses, **outputs)
 
+    # ------------------------------------------------------------------------------------------------ VLM judge
+    def _setup_judge(self) -> None:
+        """The training-time VLM judge of ``train.llm_opt`` with ``backend: vlm`` (None otherwise)."""
+        cri = self.losses.get('llm_opt')
+        opt = getattr(cri, 'judge_opt', None)
+        self.judge = None if opt is None else VLMJudge.from_options(opt)
+
+    def _perception_prior(self) -> torch.Tensor | None:
+        """Prior maps of the reconstruction's perception loss: the judge's latest answer about each image's own
+        reconstruction where it has one, the cached VLM maps of the LDR input elsewhere (or None: the heuristic)."""
+        cached = None if self.ldr_prior is None else self.ldr_prior[0] * self.ldr_prior[1]
+        judge, view = getattr(self, 'judge', None), self.ldr_global_view
+        if judge is None or view is None:
+            return cached
+        judged = judged_maps(judge.lookup(view.image_keys), view.windows, self.real_ldr.shape[-2:], self.device)
+        if judged is None:
+            return cached
+        maps, valid = judged
+        return maps if cached is None else valid * maps + (1 - valid) * cached
+
+    def submit_to_judge(self, current_iter: int) -> None:
+        """Every ``judge_every`` iterations: G_Y's reconstruction of the whole-image views of a few batch images,
+        rendered and queued for the judge (never waits: a full queue drops)."""
+        judge, view = getattr(self, 'judge', None), self.ldr_global_view
+        if judge is None or view is None or not judge.due(current_iter):
+            return
+        picks = judge.wanted(list(dict.fromkeys(view.image_keys))[: judge.judge_images])  # distinct, with room
+        if not picks:
+            return
+        index = [view.image_keys.index(k) for k in picks]
+        with torch.no_grad():
+            out = self._run(self.net_g, view.images[index].to(self.device))[-1]
+        for key, image in zip(picks, render_for_judge(self.to_linear(out), judge.render, judge.render_stops)):
+            judge.submit(key, image, current_iter)
+
+    def judge_log(self) -> dict[str, float]:
+        """``judge_*`` counters for the progress line and tensorboard (empty without a judge)."""
+        judge = getattr(self, 'judge', None)
+        if judge is None:
+            return {}
+        return {f'judge_{k}': float(v) for k, v in judge.stats().items() if k != 'images'}
+
+    def tb_images(self) -> list[tuple[str, np.ndarray]]:
+        """Tensorboard previews of the answers that arrived since the last call: ``(tag, (3, S, S) float [0, 1])``,
+        the [artifact, over, under] maps as the R, G, B channels."""
+        judge = getattr(self, 'judge', None)
+        if judge is None:
+            return []
+        return [(f'judge/{key[:12]}', a.maps.astype(np.float32) / 255.0) for key, a in judge.take_fresh()]
+
     def optimize_parameters(self, current_iter: int):
         """CycleGAN's order: every generator pass, the generators' step with D_Y and D_X frozen, then the
         discriminators' step (``net_d_init_iters`` warm-up iterations and ``net_d_iters`` train D alone)."""
@@ -402,6 +455,8 @@ class CycleHDRModel(HDRBaseModel):
         if self.cri_gan is not None:
             log.update(self.backward_d(current_iter))
         self.log_dict = self.reduce_loss_dict({k: v.detach() for k, v in log.items()})
+        self.submit_to_judge(current_iter)
+        self.log_dict.update(self.judge_log())
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
 

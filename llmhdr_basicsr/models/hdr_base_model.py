@@ -327,10 +327,14 @@ class HDRBaseModel(BaseModel):
         if getattr(self, 'amp_dtype', None) is torch.float16:
             state['scaler'] = self.scaler.state_dict()
         state.update(rng_state.training_state_extras(self))  # random state, data position, image pools: exact resume
+        if getattr(self, 'judge', None) is not None:  # the VLM judge's answers, with the iteration each judged
+            state['vlm_judge'] = self.judge.state_dict()
         self._atomic_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
 
     def resume_training(self, resume_state):
         super().resume_training(resume_state)
         rng_state.restore_training_extras(self, resume_state)
+        if getattr(self, 'judge', None) is not None and 'vlm_judge' in resume_state:
+            self.judge.load_state_dict(resume_state['vlm_judge'])
         if 'scaler' in resume_state and getattr(self, 'amp_dtype', None) is torch.float16:
             self.scaler.load_state_dict(resume_state['scaler'])

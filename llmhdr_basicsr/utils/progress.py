@@ -53,9 +53,12 @@ def named_learning_rates(model) -> dict[str, float]:
 
 
 def tb_tag(key: str) -> str:
-    """Tensorboard tag of a log key: ``l_*`` -> ``losses/``, ``out_d_*`` -> ``d_out/``, anything else -> ``misc/``."""
+    """Tensorboard tag of a log key: ``l_*`` -> ``losses/``, ``out_d_*`` -> ``d_out/``, ``judge_*`` -> ``judge/``,
+    anything else -> ``misc/``."""
     if key.startswith('l_'):
         return f'losses/{key}'
+    if key.startswith('judge_'):
+        return f'judge/{key.removeprefix("judge_")}'
     if key.startswith('out_d_'):
         return f'd_out/{key}'
     return f'misc/{key}'
@@ -157,6 +160,9 @@ class ProgressLogger(MessageLogger):
                 named = {'0': lrs[0]}
             for name, value in named.items():
                 self.tb_logger.add_scalar(f'lr/{name}', value, current_iter)
+            images = getattr(self.model, 'tb_images', None)  # e.g. the VLM judge's latest answers
+            for tag, image in images() if callable(images) else ():
+                self.tb_logger.add_image(tag, image, current_iter)
 
     def _beat(self) -> None:
         """Heartbeat thread: a line while one iteration (or data loading, a checkpoint, validation) takes long."""
