@@ -13,7 +13,8 @@ Protocol (printed with the results):
    unpaired LDR half in addition, and never a pair of real photographs. The table says which method used pairs.
 3. **Same budget.** Every learned method trains ``--iters`` iterations at the same crop, batch, Adam learning rate and
    schedule (constant, then linear decay to 0 from ``--lr-decay-from``), at each seed of ``--seeds``. CycleHDR is the
-   ``full`` recipe of ``quality.py`` at the same budget (its stored runs are reused).
+   ``recipe`` variant of ``quality.py`` (what ``options/llmhdr_cpu.yml`` trains) at the same budget (its stored
+   runs are reused).
 4. Columns: the quality metrics (mean ± sd over seeds), parameters of the LDR -> HDR network, GMAC per megapixel of
    one inference (``FlopCounterMode``: convolutions and matrix products, measured at ``--size``² and divided by its
    megapixels), inference seconds per megapixel (median of 3 at ``--size``², ``--threads`` threads, after a warm-up,
@@ -82,6 +83,7 @@ SUPERVISED: dict[str, tuple[dict, dict]] = {
     'FeedbackUNet (supervised)': ({}, {}),  # CycleHDR's G_Y, trained on the pairs: filled in from the recipe
 }
 CYCLEHDR = 'CycleHDR (unpaired)'
+RECIPE = 'recipe'  # the quality.py variant of the CycleHDR row and of the supervised FeedbackUNet's architecture
 PAD = 16  # inputs are reflect-padded to a multiple of this (RRDBNet at scale 1 needs 4) and cropped back
 
 
@@ -111,7 +113,7 @@ def make_pairs(split: Path, out: Path, per_scene: int, seed: int) -> tuple[Path,
 # ------------------------------------------------------------------------------------------------------ options
 def network_options(args, name: str) -> dict:
     if name == 'FeedbackUNet (supervised)':
-        recipe = q.training_options(q.parse_args(quality_argv(args)), Path(args.work) / 'split', {})
+        recipe = q.training_options(q.parse_args(quality_argv(args)), Path(args.work) / 'split', q.VARIANTS[RECIPE][1])
         return copy.deepcopy(recipe['network_g'])
     net, smoke = SUPERVISED[name]
     return {**net, **(smoke if args.smoke else {})}
@@ -214,7 +216,7 @@ def train_supervised(args, name: str, seed: int, pairs, names: tuple[str, ...]) 
     return record
 
 
-def cyclehdr_records(args, names: tuple[str, ...], variant: str = 'full') -> list[dict]:
+def cyclehdr_records(args, names: tuple[str, ...], variant: str = 'recipe') -> list[dict]:
     """The ``variant`` runs of ``quality.py`` at this budget (trained here when not stored yet), one per seed."""
     qargs = q.parse_args(quality_argv(args))
     split = Path(args.work) / 'split'

@@ -195,7 +195,7 @@ class DisabledWarnings:
         self._catch = self._warnings.catch_warnings(record=True)
         self._caught = self._catch.__enter__()
         self._warnings.simplefilter('always')
-        self._handler = self._logging.Handler()
+        self._handler = self._logging.Handler(level=self._logging.WARNING)  # not BasicSR's 'Loss [X] is created.'
         self._handler.emit = lambda record: self.messages.append(record.getMessage())
         self._logging.getLogger('basicsr').addHandler(self._handler)
         return self
