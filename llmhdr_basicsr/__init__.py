@@ -6,9 +6,10 @@ Importing this package registers its architectures, datasets, losses, metrics an
 is imported, so BasicSR's own unchanged ``train.py`` / ``test.py`` find every class (``BASICSR_PLUGINS_DISABLE=1``
 switches that off).
 
-One exception keeps the command-line tools quick: when the interpreter runs ``llmhdr-infer``, ``llmhdr-tonemap`` or
-``llmhdr-eval`` (console script or ``python -m``), the package is imported without BasicSR or torch (about 6 s of
-imports); they are loaded when a tool needs them, and the start-up hook registers the plugin at that moment.
+One exception keeps the command-line tools quick: when the interpreter runs ``llmhdr-infer``, ``llmhdr-tonemap``,
+``llmhdr-eval`` or ``llmhdr-perceive`` (console script or ``python -m``), the package is imported without BasicSR or
+torch (about 6 s of imports); they are loaded when a tool needs them, and the start-up hook registers the plugin at
+that moment.
 
 Tensor conventions used throughout (each function's docstring repeats what applies to it):
 
@@ -28,6 +29,7 @@ LIGHT_TOOLS = {
     'llmhdr-infer': 'llmhdr_basicsr.infer',
     'llmhdr-tonemap': 'llmhdr_basicsr.tonemap_cli',
     'llmhdr-eval': 'llmhdr_basicsr.evaluate',
+    'llmhdr-perceive': 'llmhdr_basicsr.perceive',
 }
 
 

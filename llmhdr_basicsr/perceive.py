@@ -12,6 +12,8 @@ Behaviour
 - A failed image (server error, timeout, unparsable reply) writes no entry; failures are listed at the end.
 - HDR inputs (``.hdr``, ``.exr``, ``.pfm``, float TIFF) are tone-mapped for display first (Reinhard 2002 + sRGB,
   ``tonemap.tonemap_preview(x, 'reinhard')``); LDR inputs are sent as stored (display-referred).
+- ``--model`` may be left out for a server that serves one model (``transformers serve``, llama.cpp's server): the
+  requests then carry no ``model`` key and the cache records an empty model name.
 - Exit status: 0 when at least one image succeeded or nothing needed asking (all cached); 1 when images were asked
   for and none succeeded; 2 for bad arguments or an empty/missing input; 130 after Ctrl-C.
 
@@ -66,7 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument('-i', '--input', required=True, help='image file or folder (not recursive)')
     parser.add_argument('--cache', required=True, help='cache folder (created if missing)')
-    parser.add_argument('--model', required=True, help='model name sent to the server (part of the cache key)')
+    parser.add_argument('--model', default='',
+                        help='model name sent to the server (part of the cache key); omit it for servers that serve '
+                             'one model and take no name (transformers serve, llama.cpp): the request then has no '
+                             '"model" key (the ollama dialect needs one)')  # fmt: skip
     parser.add_argument('--base-url', default=None,
                         help=f'server URL (default: {DEFAULT_BASE_URLS["openai"]} for openai, '
                              f'{DEFAULT_BASE_URLS["ollama"]} for ollama)')  # fmt: skip

@@ -522,9 +522,14 @@ def _imported(stderr: str) -> set[str]:
 
 
 def test_cli_start_up_imports_neither_torch_for_help_nor_basicsr_for_an_operator(setup, tmp_path):
-    """``--help`` of the three tools imports no torch (0.3 s instead of 8 s); a classical operator on one image runs
+    """``--help`` of the four tools imports no torch (0.3 s instead of 8 s); a classical operator on one image runs
     without basicsr (torch only, about 2.5 s instead of 7 s). Checked by the imports, which do not depend on load."""
-    for module in ('llmhdr_basicsr.infer', 'llmhdr_basicsr.tonemap_cli', 'llmhdr_basicsr.evaluate'):
+    for module in (
+        'llmhdr_basicsr.infer',
+        'llmhdr_basicsr.tonemap_cli',
+        'llmhdr_basicsr.evaluate',
+        'llmhdr_basicsr.perceive',
+    ):
         proc = run_python(['-X', 'importtime', '-m', module, '--help'], cwd=tmp_path)
         assert_ok(proc)
         assert 'usage:' in proc.stdout
