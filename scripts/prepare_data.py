@@ -25,6 +25,11 @@ Sub-commands (``python scripts/prepare_data.py <command> -h`` for the options):
   (:mod:`llmhdr_basicsr.utils.camera`: random exposure so 2-16 % of the pixels clip, gamma / sigmoid camera curves,
   8-bit quantisation, optional white-balance jitter and JPEG), the parameters of each image in a JSON + CSV record;
   ``--gt-out`` also places the source HDR next to each LDR as ground truth (a paired test folder).
+- ``convert``: a paper-scale dataset as distributed (``--format hdrtv|ntire|hdr-real|hdr-synth|gta-hdr``,
+  :mod:`llmhdr_basicsr.data.hdr_datasets`) -> the project's layout ``OUT/hdr/<name>.exr`` (linear float32, BT.709,
+  decoded from 16-bit PQ / alignment-ratio PNGs; float HDR files are placed as they are) + ``OUT/ldr/<name>.<ext>``
+  (the LDR inputs as they are) + ``OUT/convert.json``; ``split --ldr OUT/ldr --hdr OUT/hdr`` or
+  ``example --data OUT`` take it from there (docs/datasets.md).
 - ``example``: all of the above on the curated sample images (``--data``, default ``../shared/data`` relative to the
   repository root): the LDR photographs + half of the HDR scenes for unpaired training, LDRs synthesised from the
   other half (scenes NOT in train_hdr), and a paired held-out test folder (synthesised LDR + GT HDR).
@@ -54,14 +59,15 @@ from pathlib import Path
 
 import numpy as np
 
+from llmhdr_basicsr.data import hdr_datasets as hd
 from llmhdr_basicsr.utils import camera as cam
 from llmhdr_basicsr.utils.hdr_io import (
     HDR_EXTENSIONS,
     IMAGE_EXTENSIONS,
     ImageReadError,
     read_hdr,
-    read_image,
-    to_rgb3,
+    read_image_raw,
+    sanitize_hdr,
     write_hdr,
     write_ldr,
 )
@@ -100,12 +106,13 @@ PRESETS = {
     for p in (
         Preset(
             'hdr-synth-real',
-            (('synth', 'HDR-Synth/LDR_in/*'), ('real', 'HDR-Real/LDR_in/*')),
-            (('synth', 'HDR-Synth/HDR_gt/*'), ('real', 'HDR-Real/HDR_gt/*')),
+            (('real', 'HDR-Real/LDR_in/*'),),
+            (('synth', 'HDR-Synth/**/*'), ('real', 'HDR-Real/HDR_gt/*')),
             None,
             None,
-            'SingleHDR (Liu et al. CVPR 2020): ROOT/HDR-Real/{LDR_in,HDR_gt}/<id>.{jpg,exr} paired by stem; '
-            'ROOT/HDR-Synth/HDR_gt/<id>.exr (HDR only: add --synth-missing-ldr to draw its LDRs with random cameras)',
+            'SingleHDR (Liu et al. CVPR 2020): ROOT/HDR-Real/{LDR_in,HDR_gt}/<id>.{jpg,hdr} paired by stem; '
+            'ROOT/HDR-Synth/<collection>/.../<name>.{hdr,exr} (HDR only: add --synth-missing-ldr to draw its LDRs with '
+            'random cameras; HDR-Synth names repeat across collections: convert --format hdr-synth names them by path)',
         ),
         Preset(
             'hdrtv',
@@ -114,9 +121,9 @@ PRESETS = {
             None,
             None,
             'HDRTV1K (Chen et al. ICCV 2021): ROOT/training_set/{train_sdr,train_hdr}/<id>.png paired by stem. The HDR '
-            'files are 16-bit PQ / BT.2020 PNGs (HDR10), not linear float: they are copied as they are and must be '
-            'converted before training. The official test set: split --ldr test_set/test_sdr --hdr test_set/test_hdr '
-            '--test-fraction 1',
+            'files are 16-bit PQ / BT.2020 PNGs (HDR10), not linear float: split copies them as they are, so run '
+            'convert --format hdrtv --root ROOT --out DIR first (linear BT.709 EXR) and split --ldr DIR/ldr --hdr '
+            'DIR/hdr. The official test set: convert --format hdrtv --subset test',
         ),
         Preset(
             'ntire',
@@ -125,8 +132,8 @@ PRESETS = {
             r'^(?P<scene>.+)_medium$',
             r'^(?P<scene>.+)_gt$',
             'NTIRE 2021 HDR challenge, single-frame track: ROOT/<id>_medium.png (LDR input) and ROOT/<id>_gt.png '
-            '(16-bit PNG; linear HDR = png / <id>_alignratio.npy). The *_alignratio.npy files are copied next to '
-            'the GT files they belong to',
+            '(16-bit PNG; linear HDR = (png / <id>_alignratio.npy) ** 2.24). The *_alignratio.npy files are copied '
+            'next to the GT files they belong to; convert --format ntire decodes them to linear EXR instead',
         ),
         Preset(
             'drtmo',
@@ -614,15 +621,8 @@ def _crop_one(task: tuple) -> list[dict]:
 
 def _read_native(path: str) -> np.ndarray:
     """``(H, W, 3)`` RGB: float32 linear for HDR files, the stored uint8/uint16 codes for LDR files."""
-    img, is_hdr = read_image(path)
-    if is_hdr:
-        return img
-    import cv2
-
-    raw = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if raw is None or raw.dtype not in (np.uint8, np.uint16):
-        raise ImageReadError(f'Cannot read {path} as an 8/16-bit LDR image')
-    return to_rgb3(raw)
+    raw = read_image_raw(path)
+    return sanitize_hdr(raw, path) if np.issubdtype(raw.dtype, np.floating) else raw
 
 
 def run_crop(
@@ -725,6 +725,108 @@ def cmd_synth(args: argparse.Namespace) -> int:
     print(f'{len(paths)} HDR files -> {len(rows)} LDR images in {args.out}; cameras in {record}')
     if args.gt_out:
         print(f'ground truth ({args.mode}) in {args.gt_out}')
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# convert
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _convert_one(task: tuple) -> dict:
+    pair, fmt, out, hdr_ext, mode, read_opts = task
+    if hd.get_format(fmt).coded:  # integer-coded HDR: decode to linear float and write it
+        hdr_name = pair.name + hdr_ext
+        write_hdr(osp.join(out, 'hdr', hdr_name), hd.read_hdr_frame(pair.hdr, fmt, pair.sidecar, **read_opts))
+    else:  # already float HDR: placed as it is
+        hdr_name = pair.name + osp.splitext(pair.hdr)[1].lower()
+        place(pair.hdr, osp.join(out, 'hdr', hdr_name), mode)
+    row = {'name': pair.name, 'hdr': hdr_name, 'hdr_src': osp.abspath(pair.hdr), 'decoded': hd.get_format(fmt).coded}
+    if pair.sidecar:
+        row['sidecar_src'] = osp.abspath(pair.sidecar)
+    if pair.ldr:
+        ldr_name = pair.name + osp.splitext(pair.ldr)[1].lower()
+        place(pair.ldr, osp.join(out, 'ldr', ldr_name), mode)
+        row.update(ldr=ldr_name, ldr_src=osp.abspath(pair.ldr))
+    return row
+
+
+def run_convert(
+    root: str,
+    fmt: str,
+    out: str,
+    *,
+    subset: str | None = None,
+    hdr_ext: str = '.exr',
+    mode: str = 'copy',
+    workers: int = 1,
+    overwrite: bool = False,
+    white_nits: float = 203.0,
+    keep_bt2020: bool = False,
+) -> dict:
+    """A dataset in format ``fmt`` at ``root`` -> ``OUT/hdr`` + ``OUT/ldr`` + ``OUT/convert.json`` (module docstring).
+
+    HDR files of coded formats (HDRTV, NTIRE) are decoded with :func:`~llmhdr_basicsr.data.hdr_datasets.read_hdr_frame`
+    and written as ``hdr_ext`` (float32 EXR by default: no further loss); float HDR files and all LDR files are placed
+    (``mode``) unchanged. Output names are the dataset's scene names, so ``OUT/hdr/<name>.*`` pairs with
+    ``OUT/ldr/<name>.*``. Returns the record saved as ``convert.json``.
+    """
+    spec = hd.get_format(fmt)
+    if mode not in LINK_MODES:
+        raise ValueError(f'Unknown --mode {mode!r}; choose one of {LINK_MODES}')
+    if hdr_ext.lower() not in HDR_EXTENSIONS:
+        raise ValueError(f'--hdr-ext must be one of {HDR_EXTENSIONS}, got {hdr_ext!r}')
+    if not white_nits > 0:
+        raise ValueError(f'--white-nits must be > 0, got {white_nits}')
+    pairs = hd.list_pairs(root, fmt, subset)
+    _check_unique([Item(p.hdr, p.name, p.name, 'hdr') for p in pairs])
+    has_ldr = any(p.ldr for p in pairs)
+    _prepare_out(out, overwrite, ('hdr', 'ldr') if has_ldr else ('hdr',))
+    read_opts = {'white_nits': white_nits, 'keep_bt2020': keep_bt2020} if fmt == 'hdrtv' else {}
+    tasks = [(p, fmt, out, hdr_ext.lower(), mode, read_opts) for p in pairs]
+    if workers > 1 and len(tasks) > 1:
+        with Pool(min(workers, len(tasks))) as pool:
+            rows = pool.map(_convert_one, tasks)
+    else:
+        rows = [_convert_one(t) for t in tasks]
+    record = {
+        'format': fmt,
+        'title': spec.title,
+        'subset': subset or spec.subsets[0],
+        'root': osp.abspath(root),
+        'hdr_encoding': spec.hdr,
+        'ldr_encoding': spec.ldr,
+        'options': {'hdr_ext': hdr_ext, 'mode': mode, **read_opts},
+        'files': rows,
+    }
+    with open(osp.join(out, 'convert.json'), 'w', encoding='utf-8') as f:
+        json.dump(record, f, indent=1)
+    return record
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    record = run_convert(
+        args.root,
+        args.format,
+        args.out,
+        subset=args.subset,
+        hdr_ext=args.hdr_ext,
+        mode=args.mode,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        white_nits=args.white_nits,
+        keep_bt2020=args.keep_bt2020,
+    )
+    rows = record['files']
+    n_ldr = sum('ldr' in r for r in rows)
+    how = 'decoded to linear' if hd.get_format(args.format).coded else 'placed as they are'
+    print(f'{args.format} ({record["subset"]}): {len(rows)} HDR files {how} in {osp.join(args.out, "hdr")}')
+    if n_ldr:
+        print(f'  {n_ldr} LDR inputs ({args.mode}) in {osp.join(args.out, "ldr")}')
+        print(f'  next: split --ldr {osp.join(args.out, "ldr")} --hdr {osp.join(args.out, "hdr")} --out DIR')
+    else:
+        print(f'  HDR only: synth --hdr {osp.join(args.out, "hdr")} --out DIR draws LDRs with random cameras')
+    print(f'  record: {osp.join(args.out, "convert.json")}')
     return 0
 
 
@@ -918,6 +1020,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--record', help='camera record JSON (default <out>_cameras.json; CSV next to it)')
     p.add_argument('--seed', type=int, default=0)
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser(
+        'convert',
+        help='a dataset as distributed (HDRTV, NTIRE, HDR-Real, HDR-Synth) -> OUT/hdr (linear) + OUT/ldr',
+        formatter_class=fmt,
+        description='Decode a paper-scale dataset into the project layout: OUT/hdr/<name>.exr (linear float32 RGB, '
+        'BT.709, reference white = 1.0) + OUT/ldr/<name>.<ext> (LDR inputs as they are) + OUT/convert.json. See '
+        'docs/datasets.md.\n\nFormats (--format NAME --root DIR):\n'
+        + '\n'.join(f'  {f.name}: {f.title}. Layout: {f.layout}. HDR: {f.hdr}.' for f in hd.DATASET_FORMATS.values()),
+    )
+    p.add_argument('--format', required=True, help=f'dataset format: {", ".join(hd.DATASET_FORMATS)}')
+    p.add_argument('--root', required=True, help='the dataset folder as unpacked')
+    p.add_argument('--out', required=True, help='output folder (gets hdr/, ldr/, convert.json)')
+    p.add_argument(
+        '--subset', help='official part where the format has several (hdrtv: train | test; default the first)'
+    )
+    p.add_argument('--hdr-ext', default='.exr', help='format of decoded HDRs: .exr (float32, default), .hdr or .pfm')
+    p.add_argument('--white-nits', type=float, default=203.0, help='hdrtv: PQ luminance that becomes 1.0 (203)')
+    p.add_argument('--keep-bt2020', action='store_true', help='hdrtv: keep BT.2020 primaries (default: BT.709)')
+    p.add_argument('--mode', choices=LINK_MODES, default='copy', help='how unchanged files are placed (copy)')
+    p.add_argument('--workers', type=int, default=1, help='processes (1 = none)')
+    p.add_argument('--overwrite', action='store_true', help='replace existing OUT/hdr and OUT/ldr')
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser(
         'example',

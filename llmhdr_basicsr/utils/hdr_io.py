@@ -13,6 +13,9 @@ Reading
 - A missing file raises ``FileNotFoundError``; a file that cannot be decoded raises :class:`ImageReadError`; both
   name the file (OpenCV's and libpng's own messages are kept off the terminal: :mod:`llmhdr_basicsr.utils.quiet`).
   HDR data is never converted to 8 bit on the way: an integer file asked for as HDR is an error.
+- Integer-coded HDR (16-bit PQ or HLG PNG/TIFF, e.g. HDR10 video frames): :func:`read_coded_hdr` removes the transfer
+  function and converts the primaries (maths in :mod:`llmhdr_basicsr.utils.transfer`) -> ``(H, W, 3)`` float32 linear
+  BT.709 RGB, reference white = 1.0. :func:`read_image_raw` returns the stored integer codes, unscaled.
 
 Writing
 
@@ -175,7 +178,8 @@ def read_hdr(path: str, sanitize: bool = True) -> np.ndarray:
     if not np.issubdtype(img.dtype, np.floating):
         raise ImageReadError(
             f'{path} holds {img.dtype} integer data, not floating-point HDR. Read it as LDR (read_ldr/read_image), or '
-            f'convert integer-coded HDR (e.g. 16-bit PNG with an alignment ratio) with scripts/prepare_data.py first.'
+            f'convert integer-coded HDR (16-bit PQ/HLG PNG, NTIRE PNG + alignment ratio) with scripts/prepare_data.py '
+            f'convert first (docs/datasets.md), or read it with read_coded_hdr.'
         )
     img = to_rgb3(img.astype(np.float32, copy=False), str(path))
     return sanitize_hdr(img, str(path)) if sanitize else img
@@ -213,6 +217,70 @@ def read_image(path: str) -> tuple[np.ndarray, bool]:
     if img.dtype not in (np.uint8, np.uint16):
         raise ImageReadError(f'{path}: unsupported pixel type {img.dtype}')
     return to_rgb3(img, str(path)).astype(np.float32) / (255.0 if img.dtype == np.uint8 else 65535.0), False
+
+
+def read_image_raw(path: str) -> np.ndarray:
+    """Read any supported image with its stored values: no scaling, no transfer function removed.
+
+    Returns:
+        ``(H, W, 3)`` RGB array of the file's own type: ``uint8`` / ``uint16`` code values for integer images, float32
+        for float files (not sanitised). Grey becomes three channels, alpha is dropped (one warning per file).
+    """
+    img = _decode(path)
+    if img.dtype not in (np.uint8, np.uint16) and not np.issubdtype(img.dtype, np.floating):
+        raise ImageReadError(f'{path}: unsupported pixel type {img.dtype}')
+    return to_rgb3(img, str(path))
+
+
+def read_coded_hdr(
+    path: str,
+    transfer: str = 'pq',
+    primaries: str = 'bt2020',
+    out_primaries: str = 'bt709',
+    white_nits: float = 203.0,
+    bit_depth: int | None = None,
+) -> np.ndarray:
+    """Read an integer-coded HDR (or SDR) image and return linear light.
+
+    Args:
+        path: 8- or 16-bit PNG/TIFF (a float file is taken as code values in [0, 1], unscaled).
+        transfer: ``'pq'`` (SMPTE ST 2084), ``'hlg'`` (BT.2100 inverse OETF, scene-linear, no OOTF), ``'srgb'`` or
+            ``'linear'`` (see :func:`llmhdr_basicsr.utils.transfer.decode_transfer`).
+        primaries: primaries of the file, ``'bt2020'`` or ``'bt709'``.
+        out_primaries: primaries of the result (default ``'bt709'``, the project's colour space).
+        white_nits: PQ luminance that becomes 1.0 (default 203 cd/m², the BT.2408 HDR reference white).
+        bit_depth: code value = integer / (2**bit_depth - 1); ``None`` = from the type (8 for uint8, 16 for uint16).
+            Give e.g. 10 for 10-bit codes stored unshifted in a 16-bit file.
+
+    Returns:
+        ``(H, W, 3)`` float32 linear RGB in ``out_primaries``, relative scale (reference white = 1.0), finite and
+        >= 0: out-of-gamut colours (negative after the primaries conversion) are clipped to 0 without a warning.
+
+    Raises:
+        FileNotFoundError, ImageReadError (undecodable, or codes above ``2**bit_depth - 1``), ValueError (an unknown
+        transfer / primaries name or a bad bit depth).
+    """
+    from llmhdr_basicsr.utils import transfer as tf  # numpy maths; imported here to keep this module light
+
+    raw = read_image_raw(path)
+    if np.issubdtype(raw.dtype, np.floating):
+        code = raw.astype(np.float64)
+    else:
+        native = 8 if raw.dtype == np.uint8 else 16
+        bits = native if bit_depth is None else int(bit_depth)
+        if bits > native:
+            raise ImageReadError(f'{path} holds {native}-bit data ({raw.dtype}); expected {bits}-bit codes')
+        if bits < 1:
+            raise ValueError(f'{path}: bit_depth must be >= 1, got {bit_depth}')
+        peak = 2**bits - 1
+        if bits < native and int(raw.max()) > peak:
+            raise ImageReadError(
+                f'{path}: code values up to {int(raw.max())} do not fit bit_depth {bits} (max {peak}); '
+                f'leave bit_depth unset for full-range {native}-bit data'
+            )
+        code = raw.astype(np.float64) / peak
+    linear = tf.convert_primaries(tf.decode_transfer(code, transfer, white_nits), primaries, out_primaries)
+    return np.maximum(linear, 0.0).astype(np.float32)
 
 
 def _atomic_imwrite(path: str, img: np.ndarray, params: list | None = None) -> None:
