@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--dialect', choices=DIALECTS, default='openai',
                         help='openai: /v1/chat/completions; ollama: native /api/chat')  # fmt: skip
     parser.add_argument('--timeout', type=float, default=60.0, help='seconds per request (default 60)')
+    parser.add_argument('--max-tokens', type=int, default=384,
+                        help='reply token limit (default 384: a JSON answer needs a few hundred; a chatty or '
+                             'random model talks until the server limit, 1024 in transformers serve)')  # fmt: skip
     parser.add_argument('--retries', type=int, default=2, help='retries after HTTP 5xx or a timeout (default 2)')
     parser.add_argument('--backoff', type=float, default=1.0, help='seconds before the first retry, doubling')
     parser.add_argument('--concurrency', type=int, default=1, help='parallel requests (default 1)')
@@ -180,7 +183,7 @@ def _progress(total: int, disable: bool):
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    for name in ('timeout', 'max_side', 'concurrency'):
+    for name in ('timeout', 'max_side', 'concurrency', 'max_tokens'):
         if getattr(args, name) <= 0:
             raise ValueError(f'--{name.replace("_", "-")} must be positive, got {getattr(args, name)}')
     if args.store_side < 16:
@@ -197,6 +200,7 @@ def build_client(args: argparse.Namespace) -> VLMClient:
         args.base_url or DEFAULT_BASE_URLS[args.dialect], args.model,
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None, timeout=args.timeout, dialect=args.dialect,
         max_side=args.max_side, prompts=prompts, retries=args.retries, backoff=args.backoff, system_prompt=system,
+        max_tokens=args.max_tokens,
     )  # fmt: skip
 
 

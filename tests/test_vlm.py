@@ -482,6 +482,9 @@ def test_perceive_cli_ollama_dialect_and_env_api_key(stub, image_folder, tmp_pat
     (req,) = stub.chat_requests
     assert req.path == '/api/chat' and req.headers['Authorization'] == 'Bearer from-env'
     assert req.body['messages'][-1]['content'] == LOSS_PROMPT and request_image(req.body).shape[1] == 16
+    assert req.body['options']['num_predict'] == 384  # the default reply limit, in Ollama's name for it
+    assert cli(image_folder, tmp_path / 'cache2', stub.url, '--limit', '1', '--max-tokens', '64') == 0
+    assert stub.chat_requests[-1].body['max_tokens'] == 64
     prompt_file = tmp_path / 'prompt.txt'
     prompt_file.write_text('Mark the sky. Reply with JSON.\n')
     assert cli(image_folder, tmp_path / 'cache', stub.url, '--dialect', 'ollama', '--prompt-file', str(prompt_file),
