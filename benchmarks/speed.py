@@ -36,6 +36,13 @@ alike. Each time is the median of ``--repeats`` runs after ``--warmup`` untimed 
     (``judge_every: 1``, the worst case); the figure for a real setting is the amortised ratio at ``--judge-every``
     (default 50): ``1 + (ratio at every step - 1) / judge_every``. Goal: amortised <= 1.05x for every server;
     the judge's answered / dropped / failed counts are printed.
+``store`` (not in the default list)
+    Samples per second of ``UnpairedLDRHDRDataset`` at ``--size`` crops, virtual camera and whole-image views on,
+    on ``--store-frames`` (2) synthesised 4K frames (3840x2160 EXR + 8-bit PNG, in a temporary folder): read whole
+    (every sample decodes both frames and computes the ``hdr_norm`` percentile and the camera's exposure quantile on
+    the whole HDR frame) against a training store of the same frames (``prepare_data.py store``: 512 px tiles every
+    512 px, per-frame statistics), with 0 and with 1 DataLoader worker (the per-worker rate); also the store's build
+    time per frame. Goal: store >= 5x the whole-frame rate (0 workers).
 ``profile`` (not in the default list)
     ``torch.profiler`` of one step of each model: time by operator category, operator counts, and the most expensive
     operators with their input shapes. Use it when the GMAC/s goal fails.
@@ -46,6 +53,7 @@ Usage (from the repository root)::
     python benchmarks/speed.py --sections step,profile --repeats 2 --warmup 1
     python benchmarks/speed.py --device cuda --json speed.json   # GPU: adds bf16 / channels_last step variants
     python benchmarks/speed.py --tiny                            # seconds; what the test suite runs
+    python benchmarks/speed.py --sections store --threads 1      # the training store on 4K frames (~2 min)
 
 The output lists the machine (CPU model, cores, load average, torch version, threads), a table per section, the goals
 with pass/fail and a final one-line summary starting with ``SUMMARY``. ``--json PATH`` writes all numbers.
@@ -76,7 +84,7 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / 'shared' / 'data'
-SECTIONS = ('step', 'extras', 'judge', 'infer', 'data', 'profile')
+SECTIONS = ('step', 'extras', 'judge', 'infer', 'data', 'store', 'profile')
 DEFAULT_SECTIONS = ('step', 'extras', 'judge', 'infer', 'data')
 CHILD_TAG = 'SPEED_CHILD_RESULT '
 
@@ -111,6 +119,9 @@ class Settings:
     tile: int
     overlap: int
     tiny: bool
+    store_frames: int = 2
+    store_frame: tuple[int, int] = (2160, 3840)
+    store_tile: int = 512
     seed: int = 0
     judge_every: int = 50
 
@@ -133,6 +144,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--data', type=Path, default=DEFAULT_DATA, help='folder with ldr/ and hdr/ (default %(default)s)')
     p.add_argument('--workers', type=int, default=2, help='DataLoader workers of the data section (default 2)')
     p.add_argument('--data-samples', type=int, default=None, help='samples timed in the data section (default 48)')
+    p.add_argument('--store-frames', type=int, default=2, help='frames synthesised by the store section (default 2)')
     p.add_argument('--tile', type=int, default=None, help='tile edge of the tiled infer run (default 512)')
     p.add_argument('--overlap', type=int, default=None, help='tile overlap of the tiled infer run (default 32)')
     p.add_argument('--json', type=Path, default=None, help='also write all numbers to this JSON file')
@@ -180,10 +192,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         tile=pick(args.tile, 512, 48),
         overlap=pick(args.overlap, 32, 8),
         tiny=tiny,
+        store_frames=args.store_frames,
+        store_frame=(96, 128) if tiny else (2160, 3840),
+        store_tile=64 if tiny else 512,
         seed=args.seed,
         judge_every=args.judge_every,
     )
-    for name in ('size', 'num_feat', 'num_iter', 'batch', 'repeats', 'threads', 'data_samples', 'tile'):
+    for name in ('size', 'num_feat', 'num_iter', 'batch', 'repeats', 'threads', 'data_samples', 'tile', 'store_frames'):
         if getattr(s, name) < 1:
             raise ValueError(f'--{name.replace("_", "-")} must be >= 1, got {getattr(s, name)}')
     if s.warmup < 0 or s.workers < 0 or s.overlap < 0:
@@ -1107,32 +1122,38 @@ def section_infer(s: Settings, results: dict) -> tuple[dict, list[Goal]]:
     return out, goals
 
 
-def section_data(s: Settings, results: dict) -> tuple[dict, list[Goal]]:
-    """Samples/s of ``UnpairedLDRHDRDataset`` through a DataLoader with ``--workers`` workers."""
-    from basicsr.data import build_dataset
+def time_loader(dataset, n: int, workers: int) -> tuple[float, float]:
+    """``(seconds for n samples, start-up seconds)`` of a batch-1 DataLoader over ``dataset`` with ``workers``."""
     from torch.utils.data import DataLoader
 
-    dataset = build_dataset(data_options(s))
-    n = s.data_samples
-    order = [i % len(dataset) for i in range(n + s.workers + 1)]  # first batches absorb the worker start-up
+    order = [i % len(dataset) for i in range(n + workers + 1)]  # first batches absorb the worker start-up
     loader = DataLoader(
         dataset,
         batch_size=1,
         sampler=order,
-        num_workers=s.workers,
+        num_workers=workers,
         persistent_workers=False,
-        prefetch_factor=2 if s.workers else None,
+        prefetch_factor=2 if workers else None,
     )
     it = iter(loader)
     t_start = time.perf_counter()
-    for _ in range(s.workers + 1):
+    for _ in range(workers + 1):
         next(it)
     t0 = time.perf_counter()
     for _ in range(n):
         next(it)
     seconds = time.perf_counter() - t0
-    startup = t0 - t_start
     del it, loader
+    return seconds, t0 - t_start
+
+
+def section_data(s: Settings, results: dict) -> tuple[dict, list[Goal]]:
+    """Samples/s of ``UnpairedLDRHDRDataset`` through a DataLoader with ``--workers`` workers."""
+    from basicsr.data import build_dataset
+
+    dataset = build_dataset(data_options(s))
+    n = s.data_samples
+    seconds, startup = time_loader(dataset, n, s.workers)
     rate = n / seconds
     step_rate = (results.get('step') or {}).get('train_samples_per_s')
     rel = ratio(rate, step_rate)
@@ -1149,6 +1170,72 @@ def section_data(s: Settings, results: dict) -> tuple[dict, list[Goal]]:
     )
     out = {'samples': n, 'seconds': seconds, 'samples_per_s': rate, 'startup_s': startup, 'over_train_rate': rel}
     return out, [Goal('data loader / training step sample rate', rel, '>=', 5.0)]
+
+
+def _synth_frames(folder: Path, count: int, height: int, width: int) -> tuple[Path, Path]:
+    """``count`` HDR frames (float32 EXR, a smooth scene times log-normal texture, a bright sky band) and as many
+    8-bit PNG photos of them in ``folder/{hdr,ldr}``."""
+    import numpy as np
+
+    from llmhdr_basicsr.utils import camera as cam
+    from llmhdr_basicsr.utils.hdr_io import write_hdr, write_ldr
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    for i in range(count):
+        base = 0.2 + 0.15 * np.sin(xx / (37.0 + i)) * np.cos(yy / 23.0)
+        texture = np.exp(rng.normal(0.0, 0.5, size=(height, width, 1)).astype(np.float32))
+        hdr = base[..., None] * texture * np.array([1.0, 0.9, 0.8], np.float32)
+        hdr[: height // 4] *= 30.0  # sky
+        write_hdr(str(folder / 'hdr' / f'frame{i}.exr'), hdr)
+        write_ldr(str(folder / 'ldr' / f'photo{i}.png'), cam.synthesize_ldr(hdr, rng)[0])
+    return folder / 'hdr', folder / 'ldr'
+
+
+def section_store(s: Settings, results: dict) -> tuple[dict, list[Goal]]:
+    """Samples/s of ``UnpairedLDRHDRDataset`` on large frames: read whole vs from a training store."""
+    import tempfile
+
+    from basicsr.data import build_dataset
+
+    from llmhdr_basicsr.data.training_store import build_store
+
+    h, w = s.store_frame
+    out: dict = {'frames': s.store_frames, 'frame_size': [h, w], 'tile': s.store_tile, 'runs': {}}
+    with tempfile.TemporaryDirectory(prefix='speed_store_') as tmp:
+        hdr_dir, ldr_dir = _synth_frames(Path(tmp), s.store_frames, h, w)
+        stores = {}
+        t0 = time.perf_counter()
+        for kind, folder in (('hdr', hdr_dir), ('ldr', ldr_dir)):
+            stores[kind] = Path(tmp) / f'{kind}_store'
+            inputs = sorted(str(p) for p in folder.iterdir())
+            build_store(inputs, str(stores[kind]), crop_size=s.store_tile, step=s.store_tile)
+        out['build_s_per_frame'] = (time.perf_counter() - t0) / s.store_frames
+        rows = []
+        for label, ldr, hdr in (('whole frames', ldr_dir, hdr_dir), ('store', stores['ldr'], stores['hdr'])):
+            opt = {**data_options(s), 'dataroot_ldr': str(ldr), 'dataroot_hdr': str(hdr), 'name': f'speed_{label}'}
+            dataset = build_dataset(opt)
+            # whole 4K frames take ~1 s a sample: fewer of them
+            n = s.data_samples if label == 'store' or s.tiny else max(4, s.data_samples // 6)
+            for workers in (0, 1):
+                seconds, startup = time_loader(dataset, n, workers)
+                rate = n / seconds
+                out['runs'][f'{label}, {workers} workers'] = {'samples': n, 'samples_per_s': rate, 'startup_s': startup}
+                rows.append([label, str(workers), str(n), f'{rate:.2f}', fmt_time(startup)])
+    rate = {name: run['samples_per_s'] for name, run in out['runs'].items()}
+    for workers in (0, 1):
+        store_rate, whole_rate = rate[f'store, {workers} workers'], rate[f'whole frames, {workers} workers']
+        out[f'store_over_whole_{workers}w'] = ratio(store_rate, whole_rate)
+    print_table(
+        f'Training store (UnpairedLDRHDRDataset, {s.size}x{s.size} crops, virtual camera, whole-image views, '
+        f'{s.store_frames} frames {w}x{h}, tiles {s.store_tile} px; store built in '
+        f'{fmt_time(out["build_s_per_frame"])} per frame)',
+        ['source', 'workers', 'samples', 'samples/s', 'start-up'],
+        rows,
+    )
+    print(f'store / whole frames: {fmt_x(out["store_over_whole_0w"])} (0 workers), '
+          f'{fmt_x(out["store_over_whole_1w"])} (1 worker)')  # fmt: skip
+    return out, [Goal('store / whole-frame loader rate (0 workers)', out['store_over_whole_0w'], '>=', 5.0)]
 
 
 #: Operator categories of the profile section: (label, substrings of the aten op name), first match wins.
@@ -1259,6 +1346,7 @@ SECTION_FUNCS = {
     'judge': section_judge,
     'infer': section_infer,
     'data': section_data,
+    'store': section_store,
     'profile': section_profile,
 }
 
@@ -1296,6 +1384,10 @@ def summary_line(results: dict, goals: list[Goal]) -> str:
             f'data {results["data"]["samples_per_s"]:.1f} samples/s ({fmt_x(results["data"]["over_train_rate"])}'
             ' of training)'
         )
+    if 'store' in results:
+        st = results['store']
+        parts.append(f'store {fmt_x(st["store_over_whole_0w"])} the whole-frame loader rate (0 workers), '
+                     f'{fmt_x(st["store_over_whole_1w"])} (1 worker)')  # fmt: skip
     n_pass = sum(g.passed is True for g in goals)
     n_fail = sum(g.passed is False for g in goals)
     return f'SUMMARY goals {n_pass} pass / {n_fail} fail; ' + '; '.join(parts)

@@ -21,6 +21,10 @@ Sub-commands (``python scripts/prepare_data.py <command> -h`` for the options):
 - ``crop``: sub-images (tiles) of large images, as BasicSR's ``scripts/data_preparation/extract_subimages.py``
   (size, step, threshold size) but float-safe: HDR tiles are written as float32 OpenEXR by default (never
   quantised), LDR tiles keep their 8/16-bit code values (PNG by default).
+- ``store``: a prepared training store (:mod:`llmhdr_basicsr.data.training_store`): tiles as ``crop`` plus, per
+  source frame, the statistics the datasets compute on the whole frame (``hdr_norm`` scale, virtual-camera exposure
+  statistic, digest, whole-frame LDR thumbnail) and a meta-info file; resumable. ``dataroot_hdr`` / ``dataroot_ldr``
+  pointed at it make every tile behave as its whole frame (docs/datasets.md).
 - ``synth``: LDR images synthesised from an HDR folder with random virtual cameras
   (:mod:`llmhdr_basicsr.utils.camera`: random exposure so 2-16 % of the pixels clip, gamma / sigmoid camera curves,
   8-bit quantisation, optional white-balance jitter and JPEG), the parameters of each image in a JSON + CSV record;
@@ -60,6 +64,9 @@ from pathlib import Path
 import numpy as np
 
 from llmhdr_basicsr.data import hdr_datasets as hd
+from llmhdr_basicsr.data import training_store as ts
+from llmhdr_basicsr.data.hdr_transforms import DEFAULT_HDR_NORM, parse_hdr_norm
+from llmhdr_basicsr.data.training_store import tile_starts, write_tiles  # noqa: F401 (tile_starts: public here too)
 from llmhdr_basicsr.utils import camera as cam
 from llmhdr_basicsr.utils.hdr_io import (
     HDR_EXTENSIONS,
@@ -580,43 +587,13 @@ def print_split_summary(record: dict, out: str) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def tile_starts(size: int, crop: int, step: int, thresh: int) -> list[int]:
-    """Tile offsets along one axis, BasicSR's rule: every ``step``, plus a last tile flush with the border when more
-    than ``thresh`` pixels would be left over. An axis shorter than ``crop`` gives one tile of the whole axis."""
-    if size <= crop:
-        return [0]
-    starts = list(range(0, size - crop + 1, step))
-    if size - (starts[-1] + crop) > thresh:
-        starts.append(size - crop)
-    return starts
-
-
 def _crop_one(task: tuple) -> list[dict]:
     path, out_dir, crop, step, thresh, hdr_ext, ldr_ext = task
     stem, ext = osp.splitext(osp.basename(path))
     raw = _read_native(path)
-    is_hdr = np.issubdtype(raw.dtype, np.floating)
-    h, w = raw.shape[:2]
-    rows = []
-    index = 0
-    for y in tile_starts(h, crop, step, thresh):
-        for x in tile_starts(w, crop, step, thresh):
-            index += 1
-            tile = raw[y : y + crop, x : x + crop]
-            if is_hdr:
-                name = f'{stem}_s{index:03d}{hdr_ext or ext}'
-                write_hdr(osp.join(out_dir, name), tile)
-            else:
-                bits = 16 if tile.dtype == np.uint16 else 8
-                out_ext = ldr_ext or ext
-                if bits == 16 and out_ext.lower() in ('.jpg', '.jpeg'):
-                    out_ext = '.png'
-                name = f'{stem}_s{index:03d}{out_ext}'
-                write_ldr(osp.join(out_dir, name), tile.astype(np.float64) / (2**bits - 1), bit_depth=bits)
-            rows.append(
-                {'tile': name, 'source': osp.abspath(path), 'y': y, 'x': x, 'h': tile.shape[0], 'w': tile.shape[1]}
-            )
-    return rows
+    out_ext = (hdr_ext if np.issubdtype(raw.dtype, np.floating) else ldr_ext) or ext
+    rows = write_tiles(raw, stem, out_dir, crop, step, thresh, out_ext)
+    return [{'tile': r['tile'], 'source': osp.abspath(path), **{k: r[k] for k in 'yxhw'}} for r in rows]
 
 
 def _read_native(path: str) -> np.ndarray:
@@ -682,6 +659,39 @@ def cmd_crop(args: argparse.Namespace) -> int:
         args.record,
     )
     print(f'{len(inputs)} images -> {len(rows)} tiles of <= {args.crop_size} px in {args.output}')
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# store
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    inputs = _list_inputs(args.input)
+    if args.pattern:
+        inputs = [p for p in inputs if fnmatch.fnmatch(osp.basename(p), args.pattern)]
+    if not inputs:
+        raise ValueError(f'store: no images in --input {args.input}')
+    info = ts.build_store(
+        inputs,
+        args.output,
+        crop_size=args.crop_size,
+        step=args.step,
+        thresh_size=args.thresh_size,
+        hdr_norm=parse_hdr_norm(args.hdr_norm, '--hdr-norm'),
+        samples=args.samples,
+        thumbnail_size=args.thumbnail_size,
+        hdr_ext=args.hdr_ext,
+        ldr_ext=args.ldr_ext,
+        workers=args.workers,
+        source=args.input,
+    )
+    print(
+        f'{info["kind"].upper()} training store {args.output}: {info["frames"]} frames ({info["built"]} built, '
+        f'{info["skipped"]} already done), {info["tiles"]} tiles of <= {args.crop_size} px; '
+        f'point dataroot_{info["kind"]} at it'
+    )
     return 0
 
 
@@ -1003,6 +1013,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--ldr-ext', default='.png', help="LDR tile format: .png (lossless), .tif or 'same'")
     p.add_argument('--record', help='JSON of tile positions (default <output>_crops.json)')
     p.set_defaults(func=cmd_crop)
+
+    p = sub.add_parser(
+        'store',
+        help='prepared training store: tiles + per-frame statistics (docs/datasets.md)',
+        formatter_class=fmt,
+        description='Tiles as crop (BasicSR extract_subimages.py rule) plus, per source frame, the statistics the '
+        'datasets compute on the whole frame: the hdr_norm scale and virtual-camera exposure statistic (HDR), the '
+        'digest and a whole-frame thumbnail (LDR). OUTPUT/{store.json, meta_info_store.txt, tiles/, frames/}; one '
+        'kind (HDR or LDR) per store; resumable (frames already done are skipped). Point dataroot_hdr / '
+        'dataroot_ldr at OUTPUT.',
+    )
+    p.add_argument('--input', required=True, help='folder of source frames (all HDR or all LDR)')
+    p.add_argument('--output', required=True, help='the store folder (created; an existing one is resumed)')
+    p.add_argument('--crop-size', type=int, default=512)
+    p.add_argument('--step', type=int, default=256)
+    p.add_argument('--thresh-size', type=int, default=0)
+    p.add_argument(
+        '--hdr-norm',
+        default=str(DEFAULT_HDR_NORM),
+        help="the datasets' hdr_norm the scales are computed for: a percentile, max or none (99.5)",
+    )
+    p.add_argument(
+        '--samples',
+        type=int,
+        default=cam.DEFAULT_RANK_SAMPLES,
+        help='rows K of the exposure statistic per HDR frame: the clipped fraction holds within 1/(K-1) (8193)',
+    )
+    p.add_argument(
+        '--thumbnail-size',
+        type=int,
+        default=ts.DEFAULT_THUMBNAIL_SIZE,
+        help="side of the whole-frame LDR view; >= the datasets' global_size (224)",
+    )
+    p.add_argument('--hdr-ext', default='.exr', help='HDR tile format: .exr (float32, exact), .pfm or .hdr')
+    p.add_argument('--ldr-ext', default='.png', help='LDR tile format: .png (lossless) or .tif')
+    p.add_argument('--pattern', help='only files matching this glob, e.g. "*.exr"')
+    p.add_argument('--workers', type=int, default=1, help='processes (1 = none)')
+    p.set_defaults(func=cmd_store)
 
     p = sub.add_parser(
         'synth',

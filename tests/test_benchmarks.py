@@ -131,6 +131,16 @@ def test_speed_tiny_run_of_the_in_process_sections(speed, tmp_path, capsys):
     assert all(g['passed'] in (True, False) for g in result['goals'])
 
 
+def test_speed_tiny_store_section(speed, tmp_path, capsys):
+    """The store section at toy size: a training store of synthesised frames against the same frames read whole."""
+    out = tmp_path / 'store.json'
+    assert speed.main(['--tiny', '--threads', '1', '--sections', 'store', '--json', str(out)]) == 0
+    assert 'Training store (UnpairedLDRHDRDataset' in capsys.readouterr().out
+    store = json.loads(out.read_text())['results']['store']
+    assert len(store['runs']) == 4 and all(r['samples_per_s'] > 0 for r in store['runs'].values())
+    assert store['store_over_whole_0w'] > 0 and store['build_s_per_frame'] > 0
+
+
 @pytest.mark.slow
 def test_speed_infer_child_measures_throughput_and_peak_memory(speed):
     """One tiled run in a child process (the path of the 4K measurement), at toy size."""

@@ -26,6 +26,7 @@ Conventions every dataset of :mod:`llmhdr_basicsr.data` follows (implemented onc
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os.path as osp
 import re
@@ -36,7 +37,7 @@ from torch.utils import data
 
 from llmhdr_basicsr.utils import hdr_io
 
-from .hdr_transforms import normalize_hdr_np
+from .hdr_transforms import normalize_hdr_np, scale_hdr
 
 logger = logging.getLogger('basicsr.llmhdr')
 
@@ -89,6 +90,28 @@ def ensure_finite(arr: np.ndarray, path: str) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise ValueError(f'{path}: non-finite values after reading/normalisation')
     return arr
+
+
+def image_digest(img: np.ndarray) -> str:
+    """Hex digest (blake2b, 80 bits) of a decoded image's shape, dtype and exact values: the same image read from any
+    file or path gives the same key, any change of a pixel gives another one."""
+    img = np.ascontiguousarray(img)
+    h = hashlib.blake2b(f'{img.shape}|{img.dtype}|'.encode(), digest_size=10)
+    h.update(memoryview(img).cast('B'))
+    return h.hexdigest()
+
+
+def global_view_np(img: np.ndarray, size: int) -> np.ndarray:
+    """The whole-image LDR view: ``(H, W, 3)`` float display-referred RGB in [0, 1] -> ``(size, size, 3)`` uint8.
+
+    Area-averaged resize (``cv2.INTER_AREA``; bilinear when enlarging) to a square, aspect ratio not kept (the CLIP and
+    SAM inputs are square and squashed the same way); quantised to 8 bits, which ``hist_equalize`` (the only consumer,
+    the contrastive and semantic losses) does anyway, so the memo of the dataset holds 3 bytes per pixel.
+    """
+    h, w = img.shape[:2]
+    interp = cv2.INTER_AREA if size <= min(h, w) else cv2.INTER_LINEAR
+    small = cv2.resize(np.ascontiguousarray(img, dtype=np.float32), (size, size), interpolation=interp)
+    return np.round(np.clip(small, 0.0, 1.0) * 255.0).astype(np.uint8).reshape(size, size, -1)
 
 
 def read_meta_info(meta_file: str, root: str, option: str) -> list[str]:
@@ -226,8 +249,12 @@ class HDRDatasetBase(data.Dataset):
             return cached
         return hdr_io.read_ldr(path)  # integer data: always finite
 
-    def read_hdr(self, path: str, percentile: float | None) -> tuple[np.ndarray, float]:
+    def read_hdr(self, path: str, percentile: float | None, scale: float | None = None) -> tuple[np.ndarray, float]:
         """Read and normalise one HDR file (see :func:`normalize_hdr_np`); cached when ``cache_images``.
+
+        Args:
+            path: the file. percentile: the ``hdr_norm`` percentile, computed on this file's pixels.
+            scale: a known divisor instead (a training-store tile: its whole frame's ``hdr_norm_scale``).
 
         Returns:
             ``((H, W, 3)`` float32 linear RGB >= 0 divided by ``scale``, ``scale``).
@@ -235,7 +262,8 @@ class HDRDatasetBase(data.Dataset):
         cached = self._cache.get(('hdr', path))
         if cached is not None:
             return cached
-        img, scale = normalize_hdr_np(hdr_io.read_hdr(path), percentile)
+        img = hdr_io.read_hdr(path)
+        img, scale = normalize_hdr_np(img, percentile) if scale is None else scale_hdr(img, scale)
         return ensure_finite(img, path), scale
 
     def preload(self, kind: str, paths: list[str], read) -> None:

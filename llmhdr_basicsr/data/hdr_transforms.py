@@ -55,13 +55,56 @@ def parse_hdr_norm(value: object, option: str = 'hdr_norm') -> float | None:
     return float(value)
 
 
+def hdr_norm_scale(img: np.ndarray, percentile: float | None = DEFAULT_HDR_NORM) -> float:
+    """The divisor of :func:`normalize_hdr_np`: the ``percentile`` of the Rec.709 luminance of the **whole** image.
+
+    The one implementation of the ``hdr_norm`` statistic: the datasets compute it on the decoded frame, and
+    ``scripts/prepare_data.py store`` computes it once per source frame for the tiles of a training store
+    (:mod:`llmhdr_basicsr.data.training_store`), so a tile is normalised exactly as its whole frame would be.
+
+    Args:
+        img: ``(H, W, 3)`` float32 linear HDR RGB, finite, >= 0, relative scale.
+        percentile: luminance percentile in (0, 100] (linear interpolation, 100 = the maximum), or None.
+
+    Returns:
+        The positive divisor: the percentile; the maximum luminance when the percentile is 0 (mostly-black image);
+        1.0 for an all-black image or ``percentile=None``.
+    """
+    if percentile is None:
+        return 1.0
+    img = np.asarray(img, dtype=np.float32)
+    r, g, b = (np.float32(c) for c in REC709_WEIGHTS)
+    # Element-wise on purpose: a BLAS matmul here starts OpenBLAS threads in every DataLoader worker, which then
+    # compete for the cores (measured: half the samples/s with 2 workers on 2 cores).
+    lum = (r * img[..., 0] + g * img[..., 1] + b * img[..., 2]).ravel()
+    peak = float(lum.max()) if lum.size else 0.0
+    ref = peak if percentile >= 100 else float(np.percentile(lum, percentile))
+    if ref <= 0.0:  # mostly-black image: fall back to the maximum instead of dividing by ~0
+        ref = peak
+    return ref if ref > 0.0 else 1.0  # all black: nothing to normalise
+
+
+def scale_hdr(img: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
+    """``(img / scale, scale)`` in float32 (``img`` itself for ``scale == 1``), the division of
+    :func:`normalize_hdr_np`.
+
+    Args:
+        img: ``(H, W, 3)`` float32 linear HDR RGB (a whole image or a tile of it).
+        scale: positive divisor, e.g. :func:`hdr_norm_scale` of the whole frame.
+    """
+    img = np.asarray(img, dtype=np.float32)
+    if scale == 1.0:
+        return img, 1.0
+    return img / np.float32(scale), scale
+
+
 def normalize_hdr_np(img: np.ndarray, percentile: float | None = DEFAULT_HDR_NORM) -> tuple[np.ndarray, float]:
     """Scale one linear HDR image so that a percentile of its luminance maps to 1 (per-image scaling, as FHDR).
 
     Same semantics as :func:`llmhdr_basicsr.utils.tonemap.normalize_hdr` (Rec.709 luminance, linear-interpolated
     percentile, 100 = the maximum), with one guard added: when the percentile is 0 (an image that is black in more
     than ``percentile`` % of its pixels, e.g. a star field) the maximum is used instead, and an all-black image keeps
-    scale 1. Values above 1 (the brightest ``100 - percentile`` %) are **kept, not clipped**.
+    scale 1 (:func:`hdr_norm_scale`). Values above 1 (the brightest ``100 - percentile`` %) are **kept, not clipped**.
 
     Args:
         img: ``(H, W, 3)`` float32 linear HDR RGB, finite, >= 0, relative scale.
@@ -72,19 +115,7 @@ def normalize_hdr_np(img: np.ndarray, percentile: float | None = DEFAULT_HDR_NOR
         ``img_normalised * scale`` gives back the file's values.
     """
     img = np.asarray(img, dtype=np.float32)
-    if percentile is None:
-        return img, 1.0
-    r, g, b = (np.float32(c) for c in REC709_WEIGHTS)
-    # Element-wise on purpose: a BLAS matmul here starts OpenBLAS threads in every DataLoader worker, which then
-    # compete for the cores (measured: half the samples/s with 2 workers on 2 cores).
-    lum = (r * img[..., 0] + g * img[..., 1] + b * img[..., 2]).ravel()
-    peak = float(lum.max()) if lum.size else 0.0
-    ref = peak if percentile >= 100 else float(np.percentile(lum, percentile))
-    if ref <= 0.0:  # mostly-black image: fall back to the maximum instead of dividing by ~0
-        ref = peak
-    if ref <= 0.0:  # all black: nothing to normalise
-        return img, 1.0
-    return img / np.float32(ref), ref
+    return scale_hdr(img, hdr_norm_scale(img, percentile))
 
 
 def pad_to_size(img: np.ndarray, height: int, width: int) -> np.ndarray:

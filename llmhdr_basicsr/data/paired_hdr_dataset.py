@@ -10,6 +10,7 @@ from basicsr.utils.registry import DATASET_REGISTRY
 
 from .dataset_util import HDR_FOLDER_EXTENSIONS, LDR_FOLDER_EXTENSIONS, HDRDatasetBase, sample_rng
 from .hdr_transforms import DEFAULT_HDR_NORM, img2tensor, parse_hdr_norm, random_crop, random_flip_rot
+from .training_store import check_store_hdr_norm, open_store
 
 
 def match_by_stem(lq_paths: list[str], gt_paths: list[str], name: str) -> list[tuple[str, str]]:
@@ -58,6 +59,10 @@ class PairedLDRHDRDataset(HDRDatasetBase):
 
     - ``dataroot_lq`` (required): LDR folder (8/16-bit PNG/TIFF/JPEG/BMP/WebP).
     - ``dataroot_gt`` (required): HDR folder (``.hdr``/``.exr``/``.pfm``/float TIFF).
+    - Either may instead be a training store (``scripts/prepare_data.py store``,
+      :mod:`llmhdr_basicsr.data.training_store`): its tiles are the files (an LDR and an HDR store built with the same
+      tiling from frames of the same names pair tile by tile); a ground-truth tile is normalised with its whole
+      frame's ``hdr_norm`` scale, as the frame itself would be (the store's percentile must equal ``hdr_norm``).
     - ``hdr_norm`` (default 99.5, as :class:`UnpairedLDRHDRDataset`): per-image normalisation of the ground truth
       (a luminance percentile mapped to 1, ``'max'`` or ``'none'``; values above 1 kept). The same default as for
       training, so that validation targets live in the space the model was trained on; the HDR metrics align scales
@@ -81,25 +86,40 @@ class PairedLDRHDRDataset(HDRDatasetBase):
         super().__init__(opt)
         lq_key, self.lq_root = self._folder_opt('dataroot_lq')
         gt_key, self.gt_root = self._folder_opt('dataroot_gt')
-        lq_paths = self._image_list(lq_key, self.lq_root, None, LDR_FOLDER_EXTENSIONS, 'LDR')
-        gt_paths = self._image_list(gt_key, self.gt_root, None, HDR_FOLDER_EXTENSIONS, 'HDR')
+        lq_store = open_store(self.lq_root, lq_key, 'ldr', None, opt, self.name)
+        self.gt_store = open_store(self.gt_root, gt_key, 'hdr', None, opt, self.name)
+        if lq_store is not None:
+            lq_paths = lq_store.paths
+        else:
+            lq_paths = self._image_list(lq_key, self.lq_root, None, LDR_FOLDER_EXTENSIONS, 'LDR')
+        if self.gt_store is not None:
+            gt_paths = self.gt_store.paths
+        else:
+            gt_paths = self._image_list(gt_key, self.gt_root, None, HDR_FOLDER_EXTENSIONS, 'HDR')
         self.pairs = match_by_stem(lq_paths, gt_paths, self.name)
         self.crop_size = self._crop_opt(256)
         self.use_hflip = self._bool_opt('use_hflip', True)
         self.use_rot = self._bool_opt('use_rot', False)
         self.hdr_percentile = parse_hdr_norm(opt.get('hdr_norm', DEFAULT_HDR_NORM))
+        check_store_hdr_norm(self.gt_store, self.hdr_percentile, 'dataroot_gt', self.name)
         if self._bool_opt('cache_images', False):
             self.preload('ldr', [lq for lq, _ in self.pairs], self.read_ldr)
-            self.preload('hdr', [gt for _, gt in self.pairs], lambda p: self.read_hdr(p, self.hdr_percentile))
+            self.preload('hdr', [gt for _, gt in self.pairs], self.read_gt)
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    def read_gt(self, path: str) -> tuple[np.ndarray, float]:
+        """One normalised ground truth (:meth:`read_hdr`); a store tile is divided by its whole frame's scale."""
+        if self.gt_store is None or self.hdr_percentile is None:
+            return self.read_hdr(path, self.hdr_percentile)
+        return self.read_hdr(path, self.hdr_percentile, scale=self.gt_store.frame_stats(path).norm_scale)
 
     def read_pair(self, index: int) -> tuple[np.ndarray, np.ndarray, float]:
         """``(lq (H, W, 3) display-referred [0, 1], gt (H, W, 3) linear normalised, gt_scale)`` of pair ``index``."""
         lq_path, gt_path = self.pairs[index]
         lq = self.read_ldr(lq_path)
-        gt, scale = self.read_hdr(gt_path, self.hdr_percentile)
+        gt, scale = self.read_gt(gt_path)
         if lq.shape != gt.shape:
             raise ValueError(f'{self.name}: paired images differ in size: {lq_path} is {lq.shape[1]}x{lq.shape[0]}, '
                              f'{gt_path} is {gt.shape[1]}x{gt.shape[0]}')  # fmt: skip

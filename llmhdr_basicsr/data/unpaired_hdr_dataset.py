@@ -7,12 +7,17 @@ import logging
 import math
 import os.path as osp
 
-import cv2
 import numpy as np
 import torch
 from basicsr.utils.registry import DATASET_REGISTRY
 
-from llmhdr_basicsr.utils.camera import apply_camera, exposure_for_clip_fraction, random_camera
+from llmhdr_basicsr.utils.camera import (
+    CameraParams,
+    apply_camera,
+    exposure_for_clip_fraction,
+    exposure_from_rank_sample,
+    random_camera,
+)
 from llmhdr_basicsr.utils.ldr_view import FLIP_PROBE, crop_window, flip_code_from_probe
 from llmhdr_basicsr.utils.weights import LRUCache
 
@@ -21,9 +26,12 @@ from .dataset_util import (
     LDR_FOLDER_EXTENSIONS,
     HDRDatasetBase,
     ensure_finite,
+    global_view_np,
+    image_digest,
     sample_rng,
 )
 from .hdr_transforms import DEFAULT_HDR_NORM, img2tensor, parse_hdr_norm, random_crop, random_flip_rot
+from .training_store import check_store_hdr_norm, open_store
 
 logger = logging.getLogger('basicsr.llmhdr')
 
@@ -31,28 +39,6 @@ logger = logging.getLogger('basicsr.llmhdr')
 DEFAULT_GLOBAL_SIZE = 224
 #: Memory bound of the per-path memo of global views (uint8, 3 G^2 bytes each: ~1800 images at G = 224).
 GLOBAL_MEMO_BYTES = 256 * 2**20
-
-
-def image_digest(img: np.ndarray) -> str:
-    """Hex digest (blake2b, 80 bits) of a decoded image's shape, dtype and exact values: the same image read from any
-    file or path gives the same key, any change of a pixel gives another one."""
-    img = np.ascontiguousarray(img)
-    h = hashlib.blake2b(f'{img.shape}|{img.dtype}|'.encode(), digest_size=10)
-    h.update(memoryview(img).cast('B'))
-    return h.hexdigest()
-
-
-def global_view_np(img: np.ndarray, size: int) -> np.ndarray:
-    """The whole-image LDR view: ``(H, W, 3)`` float display-referred RGB in [0, 1] -> ``(size, size, 3)`` uint8.
-
-    Area-averaged resize (``cv2.INTER_AREA``; bilinear when enlarging) to a square, aspect ratio not kept (the CLIP and
-    SAM inputs are square and squashed the same way); quantised to 8 bits, which ``hist_equalize`` (the only consumer,
-    the contrastive and semantic losses) does anyway, so the memo of the dataset holds 3 bytes per pixel.
-    """
-    h, w = img.shape[:2]
-    interp = cv2.INTER_AREA if size <= min(h, w) else cv2.INTER_LINEAR
-    small = cv2.resize(np.ascontiguousarray(img, dtype=np.float32), (size, size), interpolation=interp)
-    return np.round(np.clip(small, 0.0, 1.0) * 255.0).astype(np.uint8).reshape(size, size, -1)
 
 
 def parse_global_size(value: object, name: str) -> int | None:
@@ -94,7 +80,13 @@ class UnpairedLDRHDRDataset(HDRDatasetBase):
     Options (besides BasicSR's ``name``, ``type``, ``phase``, ``io_backend: {type: disk}``, loader keys):
 
     - ``dataroot_ldr``, ``dataroot_hdr`` (required): folders. LDR: 8/16-bit PNG/TIFF/JPEG/BMP/WebP. HDR:
-      ``.hdr``/``.exr``/``.pfm``/float TIFF.
+      ``.hdr``/``.exr``/``.pfm``/float TIFF. Or **training stores** (``scripts/prepare_data.py store``, detected by
+      their ``store.json``; :mod:`llmhdr_basicsr.data.training_store`): the samples are then the store's tiles, and
+      what this loader computes on the whole image comes from the tile's **source frame** instead: the ``hdr_norm``
+      scale (the store's percentile must equal ``hdr_norm``, or ``hdr_norm`` is ``'none'``), the virtual camera's
+      exposure (from the frame's exposure statistic, see :func:`~llmhdr_basicsr.utils.camera.exposure_from_rank_sample`
+      for its tolerance), and ``ldr_image_key`` / ``ldr_global`` / ``ldr_window`` (the frame's digest, its stored
+      thumbnail, the crop window in frame coordinates). ``global_size`` must not exceed the store's thumbnail size.
     - ``meta_info_ldr``, ``meta_info_hdr`` (optional): text files with one image path per line, relative to the
       matching ``dataroot_*`` (sub-folders allowed); they replace the folder listing.
     - ``crop_size`` (default 256): train phase: a random ``crop_size``-square crop of each image (chosen independently
@@ -164,8 +156,16 @@ class UnpairedLDRHDRDataset(HDRDatasetBase):
         super().__init__(opt)
         ldr_key, self.ldr_root = self._folder_opt('dataroot_ldr')
         hdr_key, self.hdr_root = self._folder_opt('dataroot_hdr')
-        self.ldr_paths = self._image_list(ldr_key, self.ldr_root, 'meta_info_ldr', LDR_FOLDER_EXTENSIONS, 'LDR')
-        self.hdr_paths = self._image_list(hdr_key, self.hdr_root, 'meta_info_hdr', HDR_FOLDER_EXTENSIONS, 'HDR')
+        self.ldr_store = open_store(self.ldr_root, ldr_key, 'ldr', 'meta_info_ldr', opt, self.name)
+        self.hdr_store = open_store(self.hdr_root, hdr_key, 'hdr', 'meta_info_hdr', opt, self.name)
+        if self.ldr_store is not None:
+            self.ldr_paths = self.ldr_store.paths
+        else:
+            self.ldr_paths = self._image_list(ldr_key, self.ldr_root, 'meta_info_ldr', LDR_FOLDER_EXTENSIONS, 'LDR')
+        if self.hdr_store is not None:
+            self.hdr_paths = self.hdr_store.paths
+        else:
+            self.hdr_paths = self._image_list(hdr_key, self.hdr_root, 'meta_info_hdr', HDR_FOLDER_EXTENSIONS, 'HDR')
         self.crop_size = self._crop_opt(256)
         self.use_hflip = self._bool_opt('use_hflip', True)
         self.use_rot = self._bool_opt('use_rot', False)
@@ -174,13 +174,14 @@ class UnpairedLDRHDRDataset(HDRDatasetBase):
         self.maps_cache = self._open_maps_cache(opt)
         self.virtual_camera = self._camera_opt(opt.get('virtual_camera'))
         self.global_size = parse_global_size(opt.get('global_size', DEFAULT_GLOBAL_SIZE), self.name)
+        self._check_stores()
         # Per-path memos of the whole-image LDR side: digests (tiny, unbounded) and global views (bounded).
         self._image_keys: dict[str, str] = {}
         memo_entries = GLOBAL_MEMO_BYTES // (3 * self.global_size**2) if self.global_size else 0
         self._global_views = LRUCache(max(memo_entries, 1))
         if self._bool_opt('cache_images', False):
             self.preload('ldr', self.ldr_paths, self.read_ldr)
-            self.preload('hdr', self.hdr_paths, lambda p: self.read_hdr(p, self.hdr_percentile))
+            self.preload('hdr', self.hdr_paths, self.read_hdr_sample)
             if self.global_size:  # the decoded images are in memory anyway: memoise every view
                 self._global_views = LRUCache(max(len(self.ldr_paths), 1))
                 for path in self.ldr_paths:
@@ -189,6 +190,44 @@ class UnpairedLDRHDRDataset(HDRDatasetBase):
 
     def __len__(self) -> int:
         return len(self.ldr_paths)
+
+    def _check_stores(self) -> None:
+        """The options must agree with what the training stores hold (hdr_norm percentile, thumbnail size)."""
+        check_store_hdr_norm(self.hdr_store, self.hdr_percentile, 'dataroot_hdr', self.name)
+        ldr = self.ldr_store
+        if ldr is not None and self.global_size and self.global_size > ldr.thumbnail_size:
+            raise ValueError(f'{self.name}: option global_size {self.global_size} exceeds the {ldr.thumbnail_size} px '
+                             f'thumbnails of the training store {ldr.folder} (dataroot_ldr); set global_size <= '
+                             f'{ldr.thumbnail_size}, or rebuild the store with prepare_data.py store '
+                             f'--thumbnail-size {self.global_size}')  # fmt: skip
+
+    def read_hdr_sample(self, path: str) -> tuple[np.ndarray, float]:
+        """One normalised HDR image (:meth:`read_hdr`); a store tile is divided by its whole frame's scale."""
+        if self.hdr_store is None or self.hdr_percentile is None:
+            return self.read_hdr(path, self.hdr_percentile)
+        return self.read_hdr(path, self.hdr_percentile, scale=self.hdr_store.frame_stats(path).norm_scale)
+
+    def frame_exposure(self, path: str, hdr: np.ndarray, scale: float, camera: CameraParams) -> float:
+        """The virtual camera's exposure for the whole frame of the normalised HDR image ``hdr`` read from ``path``.
+
+        A plain file: :func:`exposure_for_clip_fraction` on the image (stride 2). A store tile: from its source
+        frame's exposure statistic, normalised by the same ``scale`` (:func:`exposure_from_rank_sample`).
+        """
+        if self.hdr_store is None:
+            return exposure_for_clip_fraction(hdr, camera.clip_fraction, camera.wb_gains, stride=2)
+        sample = self.hdr_store.frame_stats(path).peak_sample
+        if scale != 1.0:
+            sample = sample / np.float32(scale)
+        return exposure_from_rank_sample(sample, camera.clip_fraction, camera.wb_gains)
+
+    def ldr_frame_geometry(self, path: str, img: np.ndarray) -> tuple[int, int, int, int]:
+        """``(top, left, height, width)``: where the LDR image ``img`` lies in its whole frame (a store tile), or
+        ``(0, 0, H, W)`` for a plain file (the image is the frame)."""
+        if self.ldr_store is None:
+            return 0, 0, img.shape[0], img.shape[1]
+        y0, x0 = self.ldr_store.tile(path).box[:2]
+        stats = self.ldr_store.frame_stats(path)
+        return y0, x0, stats.height, stats.width
 
     def _camera_opt(self, value: object) -> dict | None:
         """``virtual_camera`` option -> keyword arguments of :func:`random_camera`, or None when off."""
@@ -227,7 +266,12 @@ class UnpairedLDRHDRDataset(HDRDatasetBase):
 
     # ------------------------------------------------------------------------------------------------ global view
     def ldr_image_view(self, path: str, img: np.ndarray) -> tuple[str, np.ndarray]:
-        """Digest and ``(G, G, 3)`` uint8 global view of the whole LDR image ``img`` read from ``path`` (memoised)."""
+        """Digest and ``(G, G, 3)`` uint8 global view of the whole LDR image ``img`` read from ``path`` (memoised).
+
+        For a training-store tile: its source frame's stored digest and thumbnail (not computed from the tile).
+        """
+        if self.ldr_store is not None:
+            return self.ldr_store.global_view(path, self.global_size)
         key = self._image_keys.get(path)
         if key is None:
             key = self._image_keys[path] = image_digest(img)
@@ -245,10 +289,11 @@ class UnpairedLDRHDRDataset(HDRDatasetBase):
         # The HDR partner: random in training (genuinely unpaired), fixed in val/test (repeatable validation).
         first_hdr = int(rng.integers(n_hdr)) if self.is_train else index % n_hdr
         hdr_index, (hdr, scale) = self.load_robust(
-            'hdr', first_hdr, n_hdr, lambda i: self.read_hdr(self.hdr_paths[i], self.hdr_percentile), rng
+            'hdr', first_hdr, n_hdr, lambda i: self.read_hdr_sample(self.hdr_paths[i]), rng
         )
         ldr_path, hdr_path = self.ldr_paths[ldr_index], self.hdr_paths[hdr_index]
         full_h, full_w = ldr.shape[:2]
+        frame_top, frame_left, frame_h, frame_w = self.ldr_frame_geometry(ldr_path, ldr)
         image_view = self.ldr_image_view(ldr_path, ldr) if self.global_size else None
         ldr_parts = [ldr]
         maps = None
@@ -260,7 +305,7 @@ class UnpairedLDRHDRDataset(HDRDatasetBase):
         camera = None
         if self.is_train and self.virtual_camera is not None:  # exposure fixed on the whole frame, as a camera would
             camera = random_camera(rng, **self.virtual_camera)
-            camera.exposure = exposure_for_clip_fraction(hdr, camera.clip_fraction, camera.wb_gains, stride=2)
+            camera.exposure = self.frame_exposure(hdr_path, hdr, scale, camera)
         top, left, crop_h, crop_w, flip_code = 0, 0, full_h, full_w, 0
         if self.is_train:
             if self.crop_size is not None:
@@ -292,7 +337,8 @@ class UnpairedLDRHDRDataset(HDRDatasetBase):
         if image_view is not None:  # the whole-image LDR side (llmhdr_basicsr.utils.ldr_view)
             out['ldr_image_key'] = image_view[0]
             out['ldr_global'] = torch.from_numpy(image_view[1].transpose(2, 0, 1).astype(np.float32) / 255.0)
-            out['ldr_window'] = torch.from_numpy(crop_window(top, left, crop_h, crop_w, full_h, full_w, flip_code))
+            window = crop_window(frame_top + top, frame_left + left, crop_h, crop_w, frame_h, frame_w, flip_code)
+            out['ldr_window'] = torch.from_numpy(window)
         if camera is not None:
             out['cam_ldr'] = img2tensor(apply_camera(hdr, camera))
             out['cam_exposure'] = torch.tensor(camera.exposure, dtype=torch.float32)

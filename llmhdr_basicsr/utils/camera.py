@@ -58,6 +58,8 @@ DEFAULT_GAMMA_RANGE = (1.8, 2.6)
 DEFAULT_SIGMOID_EXPONENT = (0.9, 0.1)  # GlowGAN: g ~ N(0.9, 0.1)
 DEFAULT_SIGMOID_BETA = (0.6, 0.1)  # GlowGAN: beta ~ N(0.6, 0.1)
 DEFAULT_JPEG_QUALITY = (70, 95)
+#: Rows of :func:`peak_rank_sample` (the clipped fraction then holds within 1 / 8192 of the whole frame's).
+DEFAULT_RANK_SAMPLES = 8193
 
 
 @dataclass
@@ -263,9 +265,74 @@ def exposure_for_clip_fraction(
         x = x * np.asarray(wb_gains, dtype=x.dtype)
     peak = x.max(axis=2).ravel()
     ref = float(np.quantile(peak, 1.0 - fraction, method='lower')) if fraction > 0 else float(peak.max())
+    return _gain_for_reference(ref, float(peak.max()))
+
+
+def _gain_for_reference(ref: float, peak: float) -> float:
+    """``1 / ref``, with the fall-backs of :func:`exposure_for_clip_fraction`: a zero quantile uses the maximum
+    ``peak``, an all-black image gives 1."""
     if ref <= 0:
-        ref = float(peak.max())
+        ref = peak
     return 1.0 / ref if ref > 0 else 1.0
+
+
+def peak_rank_sample(hdr: np.ndarray, count: int = DEFAULT_RANK_SAMPLES) -> np.ndarray:
+    """The exposure statistic of a whole frame: ``count`` pixels at evenly spaced ranks of the per-pixel max channel.
+
+    Row ``i`` is the RGB of the pixel of rank ``i (n - 1) // (count - 1)`` (0 = darkest) among the frame's ``n``
+    pixels sorted by their maximum channel, i.e. the frame's ``'lower'`` quantile at ``i / (count - 1)``. Stored once
+    per source frame in a training store (:mod:`llmhdr_basicsr.data.training_store`), it lets
+    :func:`exposure_from_rank_sample` resolve a virtual camera's exposure for the **whole** frame from any tile of it.
+
+    Args:
+        hdr: ``(H, W, 3)`` float linear HDR RGB, relative scale (negative values count as 0).
+        count: number of rows (>= 2); 8193 = 96 KiB of float32.
+
+    Returns:
+        ``(count, 3)`` float32 RGB, sorted by maximum channel (non-decreasing).
+    """
+    if count < 2:
+        raise ValueError(f'peak_rank_sample: count must be >= 2, got {count}')
+    arr = np.asarray(hdr)
+    if arr.ndim != 3 or arr.shape[2] != 3 or not np.issubdtype(arr.dtype, np.floating):
+        _check_hdr(arr)  # raises the error naming the problem
+    pixels = np.maximum(arr.reshape(-1, 3), 0.0).astype(np.float32, copy=False)
+    order = np.argsort(pixels.max(axis=1), kind='stable')
+    ranks = (np.arange(count, dtype=np.int64) * (len(order) - 1)) // (count - 1)
+    return np.ascontiguousarray(pixels[order[ranks]])
+
+
+def exposure_from_rank_sample(sample: np.ndarray, fraction: float, wb_gains: list[float] | None = None) -> float:
+    """:func:`exposure_for_clip_fraction` of a whole frame, from its :func:`peak_rank_sample` rows.
+
+    The ``1 - fraction`` quantile of the rows' (white-balanced) maximum channel, linearly interpolated between the
+    rows' ranks; the same fall-backs (zero quantile -> maximum, all black -> 1).
+
+    Tolerance: with ``wb_gains`` of 1 (the default camera) the rows' maxima are the frame's exact quantiles at ranks
+    ``i / (K - 1)``, so the fraction of the whole frame that this exposure clips differs from the fraction clipped by
+    ``exposure_for_clip_fraction(frame, fraction)`` (stride 1) by at most ``1 / (K - 1)`` (plus ties and ``1 / n``):
+    1.2e-4 for K = 8193. Other gains reorder the pixels slightly; the rows are then a rank-stratified sample of the
+    frame (error about ``sqrt(fraction (1 - fraction) / K)`` at worst, far less for gains near 1).
+
+    Args:
+        sample: ``(K, 3)`` rows of :func:`peak_rank_sample`, scaled like the image the camera photographs (e.g.
+            divided by the frame's ``hdr_norm`` scale).
+        fraction: target clipped fraction in [0, 1).
+        wb_gains: per-channel gains applied first (default none).
+
+    Returns:
+        The gain (float > 0).
+    """
+    x = np.maximum(np.asarray(sample), 0.0)
+    if x.ndim != 2 or x.shape[1] != 3 or len(x) < 2:
+        raise ValueError(f'exposure_from_rank_sample: expected (K >= 2, 3) rows, got shape {x.shape}')
+    if wb_gains is not None:
+        x = x * np.asarray(wb_gains, dtype=x.dtype)
+    peak = np.sort(x.max(axis=1))
+    position = (1.0 - fraction) * (len(peak) - 1)
+    low = min(int(math.floor(position)), len(peak) - 2)
+    ref = float(peak[low]) + (position - low) * (float(peak[low + 1]) - float(peak[low]))
+    return _gain_for_reference(ref, float(peak[-1]))
 
 
 def curve_of(params: CameraParams) -> tuple:
@@ -429,6 +496,8 @@ __all__ = [
     'crf_encode_torch',
     'curve_of',
     'exposure_for_clip_fraction',
+    'exposure_from_rank_sample',
+    'peak_rank_sample',
     'quantize_display',
     'random_camera',
     'resolve_camera',

@@ -195,13 +195,17 @@ def read_ldr(path: str) -> np.ndarray:
         FileNotFoundError, ImageReadError (also for float files, which are HDR: use :func:`read_hdr`).
     """
     img = _decode(path)
-    if img.dtype == np.uint8:
-        scale = 255.0
-    elif img.dtype == np.uint16:
-        scale = 65535.0
-    else:
+    if img.dtype not in (np.uint8, np.uint16):
         raise ImageReadError(f'{path} holds {img.dtype} data; expected an 8- or 16-bit LDR image (use read_hdr).')
-    return to_rgb3(img, str(path)).astype(np.float32) / scale
+    return codes_to_float(to_rgb3(img, str(path)))
+
+
+def codes_to_float(codes: np.ndarray) -> np.ndarray:
+    """uint8 / uint16 code values -> float32 display-referred values in [0, 1] (code / 255 or / 65535), exactly as
+    :func:`read_ldr` returns them (e.g. from the codes of :func:`read_image_raw`)."""
+    if codes.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f'codes_to_float: expected uint8 or uint16 codes, got {codes.dtype}')
+    return codes.astype(np.float32) / (255.0 if codes.dtype == np.uint8 else 65535.0)
 
 
 def read_image(path: str) -> tuple[np.ndarray, bool]:
@@ -216,7 +220,7 @@ def read_image(path: str) -> tuple[np.ndarray, bool]:
         return sanitize_hdr(to_rgb3(img.astype(np.float32, copy=False), str(path)), str(path)), True
     if img.dtype not in (np.uint8, np.uint16):
         raise ImageReadError(f'{path}: unsupported pixel type {img.dtype}')
-    return to_rgb3(img, str(path)).astype(np.float32) / (255.0 if img.dtype == np.uint8 else 65535.0), False
+    return codes_to_float(to_rgb3(img, str(path))), False
 
 
 def read_image_raw(path: str) -> np.ndarray:
