@@ -337,3 +337,39 @@ def test_val_tile_forms(value, expected):
     from llmhdr_basicsr.utils.tile_option import parse_tile_option
 
     assert parse_tile_option(value) == expected
+
+
+def test_val_tile_auto_is_the_default_and_tiles_only_large_images(tmp_path):
+    """``val.tile: auto`` (also the default) = the llmhdr-infer tile settings, applied to images above 2 MP only;
+    ``val.tile: null`` forces whole images."""
+    from basicsr.models import build_model
+
+    from conftest import REPO
+    from llmhdr_basicsr.utils.tile_option import AUTO_TILE_PIXELS, parse_tile_option, tile_min_pixels
+
+    assert parse_tile_option('auto') == (512, 32, None) and tile_min_pixels('auto') == AUTO_TILE_PIXELS == 2_000_000
+    assert tile_min_pixels(512) == 0 and tile_min_pixels(None) == 0
+    import yaml
+
+    ldr, hdr, networks = _test_setup(tmp_path)
+    opt = yaml.safe_load((REPO / 'options' / 'test_llmhdr_tonemap.yml').read_text())
+    opt.update(networks, is_train=False, dist=False, rank=0, world_size=1, num_gpu=0)
+    opt['path'] = {f'pretrain_{k}': str(tmp_path / f'{k}.pth') for k in networks}
+    models = {}
+    for tile in ('default', 'auto', None):
+        val = dict(opt['val'])
+        val.pop('tile', None)
+        if tile != 'default':
+            val['tile'] = tile
+        models[tile] = build_model({**opt, 'val': val})
+    assert models['default'].val_tile_min_pixels == models['auto'].val_tile_min_pixels == AUTO_TILE_PIXELS
+    assert models[None].val_tile is None
+    x = torch.rand(1, 3, 72, 88)
+    with torch.no_grad():
+        whole = models[None].infer(models[None].net_g, x)
+        model = models['auto']
+        assert torch.equal(model.infer(model.net_g, x), whole)  # 6336 px <= 2 MP: untiled
+        model.val_tile = parse_tile_option({'size': 64, 'overlap': 32, 'global_size': 0})
+        model.val_tile_min_pixels = 72 * 88 - 1
+        tiled = model.infer(model.net_g, x)  # one pixel above the threshold: tiled
+    assert not torch.equal(tiled, whole) and (tiled - whole).abs().mean() < 1e-2

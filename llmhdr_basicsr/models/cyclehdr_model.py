@@ -281,9 +281,8 @@ class CycleHDRModel(HDRBaseModel):
                 self.real_hdr = self.to_model_hdr(data['hdr'].to(self.device))
             if 'gt' in data:
                 self.gt = data['gt'].to(self.device)  # linear HDR, for metrics
-        if self.opt.get('train', {}).get('channels_last') and self.device.type == 'cuda':
-            if self.real_ldr is not None:
-                self.real_ldr = self.real_ldr.contiguous(memory_format=torch.channels_last)
+        for key in ('real_ldr', 'real_hdr', 'cam_ldr', 'cam_target'):  # train.channels_last: the forward's inputs
+            setattr(self, key, self.to_memory_format(getattr(self, key)))
 
     def _gating_maps(self):
         """Iteration-0 gating maps of G_Y: cached VLM maps where valid, the heuristic elsewhere (or None)."""
@@ -367,8 +366,7 @@ class CycleHDRModel(HDRBaseModel):
         """Generator step on :meth:`generator_terms` (both discriminators frozen); returns the terms."""
         with self.autocast():
             terms = self.generator_terms()
-        self.check_finite(terms, current_iter)
-        self.step(sum(terms.values()), self.optimizer_g)
+        self.step(terms, self.optimizer_g, current_iter)
         return terms
 
     def backward_d(self, current_iter: int) -> OrderedDict:
@@ -387,8 +385,7 @@ class CycleHDRModel(HDRBaseModel):
                 losses[f'l_d_{domain}_fake'] = self.cri_gan(out_fake, False, is_disc=True) * 0.5
                 outputs[f'out_d_{domain}_real'] = out_real.detach().mean()
                 outputs[f'out_d_{domain}_fake'] = out_fake.detach().mean()
-        self.check_finite(losses, current_iter)
-        self.step(sum(losses.values()), self.optimizer_d)
+        self.step(losses, self.optimizer_d, current_iter)
         return OrderedDict(**losses, **outputs)
 
     # ------------------------------------------------------------------------------------------------ VLM judge
@@ -455,6 +452,7 @@ class CycleHDRModel(HDRBaseModel):
         if self.cri_gan is not None:
             log.update(self.backward_d(current_iter))
         self.log_dict = self.reduce_loss_dict({k: v.detach() for k, v in log.items()})
+        self.log_dict.update(self.amp_log())
         self.submit_to_judge(current_iter)
         self.log_dict.update(self.judge_log())
         if self.ema_decay > 0:

@@ -6,13 +6,15 @@ only defines its networks, ``feed_data``, ``optimize_parameters``, ``test`` and 
 
 - construction: :meth:`build_net` (a ``network_<name>`` block, moved to the device, wrapped for DDP/DP without CUDA
   device ids on CPU, ``pretrain_network_<name>`` loaded), :meth:`get_optimizer` (Adam/AdamW), AMP set-up
-  (``train.amp``), the finite-loss guard and the optimizer step;
+  (``train.amp``: one GradScaler per optimizer, non-finite steps skipped and counted), ``train.channels_last``, the
+  finite-loss guard and the optimizer step (:meth:`step`);
 - domains: :meth:`to_model_hdr` / :meth:`to_linear` between linear HDR (diffuse white ~ 1) and the generators'
   mu-law domain ``T(H / 2^headroom)``;
 - inference: :meth:`infer` runs a generator on a whole test image, untiled or with ``val.tile``
   (:class:`~llmhdr_basicsr.utils.tiling.GlobalStatsTiler`);
-- validation (``nondist_validation``): the registered HDR metrics on float linear HDR (the clipped-region metrics get
-  the LDR input), ``.exr``/``.hdr`` + tone-mapped preview PNG, previews and metrics in tensorboard;
+- validation (:meth:`validate`; under DDP every rank takes its share and the metric sums are all-reduced): the
+  registered HDR metrics on float linear HDR (the clipped-region metrics get the LDR input; float32 on the model's
+  device where exact enough), ``.exr``/``.hdr`` + tone-mapped preview PNG, previews and metrics in tensorboard;
 - checkpoints: BasicSR's layout ``{param_key: state_dict, 'arch': {...}}`` written atomically, networks before the
   ``.state`` file, so that a ``.state`` file implies complete networks; the training state also carries the random
   state, the data position and the image pools (:mod:`llmhdr_basicsr.utils.rng_state`), so ``--auto_resume``
@@ -33,18 +35,19 @@ from basicsr.archs import build_network
 from basicsr.metrics import calculate_metric
 from basicsr.models.base_model import BaseModel
 from basicsr.utils import get_root_logger
-from basicsr.utils.dist_util import master_only
+from basicsr.utils.dist_util import get_dist_info, master_only
 from basicsr.utils.registry import METRIC_REGISTRY
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 from tqdm import tqdm
 
 from llmhdr_basicsr.archs.arch_util import accepted_kwargs
 from llmhdr_basicsr.utils import rng_state
+from llmhdr_basicsr.utils.amp import SkippedSteps, grads_finite, optimizer_params, parse_amp
 from llmhdr_basicsr.utils.checkpoint_arch import network_opt_from_checkpoint
 from llmhdr_basicsr.utils.fileio import atomic_write
 from llmhdr_basicsr.utils.hdr_io import write_hdr, write_ldr
 from llmhdr_basicsr.utils.options import check_keys
-from llmhdr_basicsr.utils.tile_option import parse_tile_option
+from llmhdr_basicsr.utils.tile_option import AUTO, parse_tile_option, tile_min_pixels
 from llmhdr_basicsr.utils.tiling import GlobalStatsTiler
 from llmhdr_basicsr.utils.tonemap import hdr_to_model, model_to_hdr, tonemap_preview
 from llmhdr_basicsr.version import __version__
@@ -64,13 +67,16 @@ class HDRBaseModel(BaseModel):
 
     headroom: float = 0.0
     direction: str = 'ldr2hdr'
+    amp_dtype: torch.dtype | None = None  # autocast dtype of training (``train.amp``), None = fp32
 
     def init_hdr_options(self) -> None:
         """Check the ``val`` block (a misspelt key such as ``tiles`` is reported, not ignored) and parse ``val.tile``
         before any network is built."""
         if self.opt.get('val'):
             check_keys(self.opt['val'], VAL_KEYS, 'val')
-        self.val_tile = parse_tile_option((self.opt.get('val') or {}).get('tile'), 'val.tile')
+        tile = (self.opt.get('val') or {}).get('tile', AUTO)
+        self.val_tile = parse_tile_option(tile, 'val.tile')
+        self.val_tile_min_pixels = tile_min_pixels(tile)  # auto: only images above 2 MP are tiled
 
     # ------------------------------------------------------------------------------------------------ construction
     def build_net(self, name: str):
@@ -93,7 +99,7 @@ class HDRBaseModel(BaseModel):
     def model_to_device(self, net):
         """Move to ``self.device``; wrap in DDP (CUDA device ids only when on CUDA, so gloo/CPU works) or DP."""
         net = net.to(self.device)
-        if self.opt.get('train', {}).get('channels_last') and self.device.type == 'cuda':
+        if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
         if self.opt['dist']:
             device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
@@ -103,6 +109,19 @@ class HDRBaseModel(BaseModel):
         elif self.opt['num_gpu'] > 1:
             net = DataParallel(net)
         return net
+
+    @property
+    def channels_last(self) -> bool:
+        """``train.channels_last``: networks and the image batches of each forward in channels_last memory format
+        (NHWC strides; on CUDA the layout of tensor-core convolutions, on the CPU the oneDNN one). Values are
+        unchanged, only the layout: outputs equal the contiguous ones to float rounding (1e-5 measured on the CPU)."""
+        return bool((self.opt.get('train') or {}).get('channels_last'))
+
+    def to_memory_format(self, x: torch.Tensor | None) -> torch.Tensor | None:
+        """A ``(N, C, H, W)`` batch in channels_last with ``train.channels_last``; anything else unchanged."""
+        if x is None or not self.channels_last or x.dim() != 4:
+            return x
+        return x.contiguous(memory_format=torch.channels_last)
 
     def get_optimizer(self, optim_type, params, lr, **kwargs):
         optimizers = {'Adam': torch.optim.Adam, 'AdamW': torch.optim.AdamW}
@@ -118,32 +137,58 @@ class HDRBaseModel(BaseModel):
 
     # ------------------------------------------------------------------------------------------------ precision
     def setup_amp(self, amp) -> None:
-        """``train.amp``: None/'fp32' (default), 'bf16' or 'fp16' autocast on a GPU (fp16 with a GradScaler)."""
-        self.amp_dtype = None
-        if amp in (None, False, 'none', 'fp32'):
-            return
-        if amp not in ('bf16', 'fp16'):
-            raise ValueError(f'train.amp must be one of bf16, fp16, none; got {amp!r}')
-        if self.device.type != 'cuda':
-            get_root_logger().warning(f'train.amp={amp} needs a GPU; training in fp32 on {self.device}.')
-            return
-        self.amp_dtype = torch.bfloat16 if amp == 'bf16' else torch.float16
-        self.scaler = torch.amp.GradScaler('cuda', enabled=amp == 'fp16')
+        """``train.amp``: None/'fp32' (default), 'bf16' or 'fp16' autocast on a GPU (see :mod:`.utils.amp`)."""
+        self.enable_amp(parse_amp(amp, self.device))
+
+    def enable_amp(self, dtype: torch.dtype | None) -> None:
+        """Autocast to ``dtype`` (None: fp32) with one GradScaler per optimizer (active for fp16 only) and the
+        skipped-step counter. ``setup_amp`` calls it with the parsed option."""
+        self.amp_dtype = dtype
+        self.scalers: list[torch.amp.GradScaler] = []
+        self.amp_skips = SkippedSteps()
 
     def autocast(self):
-        if getattr(self, 'amp_dtype', None) is None:
+        if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type='cuda', dtype=self.amp_dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    def step(self, loss: torch.Tensor, optimizer) -> None:
-        """Backward pass and optimizer step (through the GradScaler with fp16)."""
-        if getattr(self, 'amp_dtype', None) is torch.float16:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(optimizer)
-            self.scaler.update()
-        else:
+    def scaler_for(self, optimizer) -> torch.amp.GradScaler:
+        """The GradScaler of ``optimizer`` (by its position in ``self.optimizers``), created on first use."""
+        while len(self.scalers) < len(self.optimizers):
+            self.scalers.append(torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16))
+        return self.scalers[self.optimizers.index(optimizer)]
+
+    def _optimizer_name(self, optimizer) -> str:
+        names = {id(v): k for k, v in vars(self).items() if k.startswith('optimizer_')}
+        return names.get(id(optimizer), f'optimizer {self.optimizers.index(optimizer)}')
+
+    def step(self, losses: dict, optimizer, current_iter: int) -> None:
+        """Backward pass of the sum of ``losses`` (``{name: scalar tensor}``) and the optimizer step.
+
+        fp32: a non-finite loss raises before the backward pass (:meth:`check_finite`). AMP: the backward pass always
+        runs (DDP ranks stay in step), through the optimizer's GradScaler with fp16; a non-finite loss or unscaled
+        gradient skips this optimizer's step (counted, :class:`~llmhdr_basicsr.utils.amp.SkippedSteps`); the scaler
+        is updated once per step of its optimizer.
+        """
+        loss = sum(losses.values())
+        if self.amp_dtype is None:
+            self.check_finite(losses, current_iter)
             loss.backward()
             optimizer.step()
+            return
+        scaler = self.scaler_for(optimizer)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # real gradients, for the check (and for scaler.step, which will not redo it)
+        finite = bool(torch.isfinite(loss.detach()).all()) and grads_finite(optimizer_params(optimizer))
+        if self.amp_skips.allow(finite, self._optimizer_name(optimizer), current_iter):
+            scaler.step(optimizer)
+        else:
+            optimizer.zero_grad(set_to_none=True)
+        scaler.update()
+
+    def amp_log(self) -> dict[str, float]:
+        """``{'amp_skipped_steps': n}`` under AMP (tensorboard ``amp/skipped_steps``), empty in fp32."""
+        return {} if self.amp_dtype is None else {'amp_skipped_steps': float(self.amp_skips.count)}
 
     @staticmethod
     def check_finite(losses: dict, current_iter: int) -> None:
@@ -168,7 +213,8 @@ class HDRBaseModel(BaseModel):
 
     # ------------------------------------------------------------------------------------------------ inference
     def infer(self, net, x: torch.Tensor, guidance=None) -> torch.Tensor:
-        """One generator (in eval mode) on a whole test image, untiled or as ``val.tile`` asks.
+        """One generator (in eval mode) on a whole test image, untiled or as ``val.tile`` asks (``auto``, the
+        default: tiled above 2 MP, :mod:`llmhdr_basicsr.utils.tile_option`).
 
         Tiled inference is the one of ``llmhdr-infer --tile``: :class:`~llmhdr_basicsr.utils.tiling.GlobalStatsTiler`
         records the instance-norm statistics and the guidance vectors once on a downscaled copy of the image
@@ -183,7 +229,7 @@ class HDRBaseModel(BaseModel):
         Returns:
             ``(N, 3, H, W)`` float32 output in [0, 1]: on ``self.device`` untiled, on the CPU tiled.
         """
-        if self.val_tile is None:
+        if self.val_tile is None or x.shape[-2] * x.shape[-1] <= self.val_tile_min_pixels:
             kwargs = {} if guidance is None else {'guidance': guidance}
             return unwrap_output(net(x, **accepted_kwargs(net, kwargs)))
         tile = self.val_tile
@@ -192,29 +238,43 @@ class HDRBaseModel(BaseModel):
 
     # ----------------------------------------------------------------------------------------------- validation
     def dist_validation(self, dataloader, current_iter, tb_logger, save_img):
-        if self.opt['rank'] == 0:
-            self.nondist_validation(dataloader, current_iter, tb_logger, save_img)
+        """Every rank validates its share of the set (images ``rank::world_size``, BasicSR's pattern); metric sums
+        and counts are all-reduced, rank 0 logs them. Each rank writes the result files of its own images."""
+        rank, world_size = get_dist_info()
+        self.validate(dataloader, current_iter, tb_logger, save_img, rank, world_size)
 
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
-        """Metrics on float linear HDR, ``.exr``/``.hdr`` + tone-mapped preview PNG, previews to tensorboard.
+        self.validate(dataloader, current_iter, tb_logger, save_img)
+
+    @staticmethod
+    def _val_batches(dataloader, rank: int, world_size: int):
+        """``(index, batch)`` of this rank's share: the dataloader itself in one process, else the batches of one
+        image ``rank, rank + world_size, ...`` collated as the dataloader would."""
+        if world_size == 1:
+            yield from enumerate(dataloader)
+            return
+        dataset, collate = dataloader.dataset, dataloader.collate_fn
+        for idx in range(rank, len(dataset), world_size):
+            yield idx, collate([dataset[idx]])
+
+    def validate(self, dataloader, current_iter, tb_logger, save_img, rank: int = 0, world_size: int = 1) -> None:
+        """Metrics on float linear HDR, ``.exr``/``.hdr`` + tone-mapped preview PNG, previews to tensorboard, over
+        this rank's share of the images (all of them in one process).
 
         Uses ``feed_data`` / ``test`` / ``get_current_visuals`` of the subclass; visuals are CPU tensors ``lq`` (the
         input), ``result`` (linear HDR, or display LDR for ``direction == 'hdr2ldr'``) and ``gt`` if present.
+        Metrics run on the model's device, in float32 where that is exact enough (:meth:`_metric_opt`).
         """
         dataset_name = dataloader.dataset.opt['name']
         val_opt = self.opt['val']
         metrics_opt = val_opt.get('metrics') or {}
         with_metrics = bool(metrics_opt)
-        if with_metrics:
-            if not hasattr(self, 'metric_results'):
-                self.metric_results = {m: 0 for m in metrics_opt}
-            self._initialize_best_metric_results(dataset_name)
-            self.metric_results = {m: 0 for m in self.metric_results}
-            counts = {m: 0 for m in metrics_opt}
+        sums = {m: 0.0 for m in metrics_opt}
+        counts = {m: 0 for m in metrics_opt}
         ext = '.' + val_opt.get('output_ext', 'exr').lstrip('.')
         preview, stops = val_opt.get('preview', 'reinhard'), val_opt.get('preview_stops', 0.0)
         tb_images = val_opt.get('tb_images', 4)
-        if self.val_tile is not None:
+        if self.val_tile is not None and not self.val_tile_min_pixels and rank == 0:  # explicit tiling (auto: silent)
             tile = self.val_tile
             g = tile.size if tile.global_size is None else tile.global_size
             glob = 'the full image' if g <= 0 else f'a copy of at most {g} x {g} px'
@@ -222,8 +282,8 @@ class HDRBaseModel(BaseModel):
                 f'{dataset_name}: tiled inference (val.tile): tile {tile.size} px, overlap {tile.overlap} px, '
                 f'instance-norm statistics and guidance from {glob}'
             )
-        pbar = tqdm(total=len(dataloader), unit='image') if val_opt.get('pbar', False) else None
-        for idx, val_data in enumerate(dataloader):
+        pbar = tqdm(total=len(dataloader.dataset), unit='image') if val_opt.get('pbar', False) and rank == 0 else None
+        for idx, val_data in self._val_batches(dataloader, rank, world_size):
             path = val_data.get('lq_path', val_data.get('hdr_path'))[0]
             img_name = osp.splitext(osp.basename(path))[0]
             self.feed_data(val_data)
@@ -241,26 +301,55 @@ class HDRBaseModel(BaseModel):
             if tb_logger is not None and idx < tb_images:
                 tb_logger.add_image(f'{dataset_name}/{img_name}', shown[0].clamp(0, 1), current_iter)
             if with_metrics and 'gt' in visuals and self.direction == 'ldr2hdr':
-                data = dict(img=result[0].permute(1, 2, 0).numpy(), img2=visuals['gt'][0].permute(1, 2, 0).numpy())
-                lq = visuals['lq'][0].permute(1, 2, 0).numpy()
-                for name, opt_ in metrics_opt.items():
-                    value = float(calculate_metric(self._metric_inputs(opt_, data, lq), opt_))
+                for name, value in self._image_metrics(metrics_opt, visuals).items():
                     if value == value:  # NaN: a clipped-region metric on an image without clipped pixels
-                        self.metric_results[name] += value
+                        sums[name] += value
                         counts[name] += 1
             self.gt = None
             if pbar is not None:
-                pbar.update(1)
+                pbar.update(world_size)
                 pbar.set_description(f'Test {img_name}')
         if pbar is not None:
             pbar.close()
         if with_metrics:
-            if not any(counts.values()):
-                get_root_logger().warning(f'{dataset_name}: no ground truth, metrics skipped.')
-                return
-            for metric in self.metric_results:
-                self.metric_results[metric] /= max(counts.get(metric, 0), 1)
-                self._update_best_metric_result(dataset_name, metric, self.metric_results[metric], current_iter)
+            self._finish_metrics(sums, counts, dataset_name, current_iter, tb_logger, world_size)
+
+    def _image_metrics(self, metrics_opt: dict, visuals: dict) -> dict[str, float]:
+        """Every ``val.metrics`` entry of one image: prediction ``visuals['result']`` vs ``visuals['gt']`` (CPU
+        ``(1, 3, H, W)`` float32 linear HDR), plus the LDR input for the clipped-region metrics."""
+        data = dict(img=visuals['result'][0].permute(1, 2, 0).numpy(), img2=visuals['gt'][0].permute(1, 2, 0).numpy())
+        lq = visuals['lq'][0].permute(1, 2, 0).numpy()
+        return {name: float(calculate_metric(self._metric_inputs(opt_, data, lq), self._metric_opt(opt_)))
+                for name, opt_ in metrics_opt.items()}  # fmt: skip
+
+    def _metric_opt(self, metric_opt: dict) -> dict:
+        """The metric's options; unless the block sets them, metrics that take a ``device`` run on the model's
+        device, and those with a ``precision`` in float32 (PSNR-mu, log-PSNR, PU21-PSNR, the clipped-region metrics:
+        within 3e-5 dB / 6e-7 stops of float64 on the sample images, :mod:`~llmhdr_basicsr.metrics.hdr_metric`)."""
+        params = inspect.signature(METRIC_REGISTRY.get(metric_opt['type'])).parameters
+        defaults = {'device': str(self.device), 'precision': 'float32'}
+        return {**{k: v for k, v in defaults.items() if k in params}, **metric_opt}
+
+    def _finish_metrics(self, sums: dict, counts: dict, dataset_name: str, current_iter, tb_logger, world_size: int):
+        """Means over the images (all ranks: sums and counts all-reduced), best values, the log (rank 0)."""
+        names = list(sums)
+        if world_size > 1:
+            totals = torch.tensor([sums[n] for n in names] + [counts[n] for n in names], dtype=torch.float64,
+                                  device=self.device)  # fmt: skip
+            torch.distributed.all_reduce(totals)
+            values = totals.tolist()
+            sums, counts = dict(zip(names, values[: len(names)])), dict(zip(names, values[len(names) :]))
+        if not hasattr(self, 'metric_results'):
+            self.metric_results = {m: 0 for m in names}
+        self._initialize_best_metric_results(dataset_name)
+        self.metric_results = {m: 0 for m in self.metric_results}
+        if not any(counts.values()):
+            get_root_logger().warning(f'{dataset_name}: no ground truth, metrics skipped.')
+            return
+        self.metric_results = {m: sums.get(m, 0.0) / max(counts.get(m, 0), 1) for m in self.metric_results}
+        for metric, value in self.metric_results.items():
+            self._update_best_metric_result(dataset_name, metric, value, current_iter)
+        if get_dist_info()[0] == 0:
             self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
 
     @staticmethod
@@ -324,8 +413,9 @@ class HDRBaseModel(BaseModel):
             'optimizers': [o.state_dict() for o in self.optimizers],
             'schedulers': [s.state_dict() for s in self.schedulers],
         }
-        if getattr(self, 'amp_dtype', None) is torch.float16:
-            state['scaler'] = self.scaler.state_dict()
+        if self.amp_dtype is not None:  # one GradScaler per optimizer (fp16) and the skipped-step count
+            state['scalers'] = [self.scaler_for(o).state_dict() for o in self.optimizers]
+            state['amp_skipped'] = self.amp_skips.state_dict()
         state.update(rng_state.training_state_extras(self))  # random state, data position, image pools: exact resume
         if getattr(self, 'judge', None) is not None:  # the VLM judge's answers, with the iteration each judged
             state['vlm_judge'] = self.judge.state_dict()
@@ -336,5 +426,17 @@ class HDRBaseModel(BaseModel):
         rng_state.restore_training_extras(self, resume_state)
         if getattr(self, 'judge', None) is not None and 'vlm_judge' in resume_state:
             self.judge.load_state_dict(resume_state['vlm_judge'])
-        if 'scaler' in resume_state and getattr(self, 'amp_dtype', None) is torch.float16:
-            self.scaler.load_state_dict(resume_state['scaler'])
+        self.resume_amp(resume_state)
+
+    def resume_amp(self, resume_state: dict) -> None:
+        """Restore the GradScalers (fp16) and the skipped-step count; a state of the single shared scaler of older
+        versions (``scaler``) seeds every optimizer's scaler."""
+        if self.amp_dtype is None:
+            return
+        scalers = resume_state.get('scalers')
+        if scalers is None and 'scaler' in resume_state:
+            scalers = [resume_state['scaler']] * len(self.optimizers)
+        for optimizer, state in zip(self.optimizers, scalers or []):
+            if state:  # a disabled (bf16) scaler's state is empty
+                self.scaler_for(optimizer).load_state_dict(state)
+        self.amp_skips.load_state_dict(resume_state.get('amp_skipped', {}))

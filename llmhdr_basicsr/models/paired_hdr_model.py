@@ -37,7 +37,8 @@ from llmhdr_basicsr.models.lr_scheduler import build_scheduler
 from llmhdr_basicsr.utils.options import check_keys
 from llmhdr_basicsr.utils.tonemap import luminance, srgb_decode
 
-TRAIN_KEYS = ('pixel_opt', 'optim_g', 'scheduler', 'total_iter', 'warmup_iter', 'ema_decay', 'gt_exposure', 'headroom')
+TRAIN_KEYS = ('pixel_opt', 'optim_g', 'scheduler', 'total_iter', 'warmup_iter', 'ema_decay', 'gt_exposure', 'headroom',
+              'amp', 'channels_last')  # fmt: skip
 OUTPUT_DOMAINS = ('hdr_mu', 'linear')
 GT_EXPOSURES = ('ldr', 'none')
 
@@ -115,6 +116,7 @@ class PairedHDRModel(HDRBaseModel):
         self.gt = data['gt'].to(self.device) if 'gt' in data else None
         if self.gt is not None and self.is_train and self.gt_exposure == 'ldr':
             self.gt = self.gt * exposure_to_ldr(self.lq, self.gt)
+        self.lq, self.gt = self.to_memory_format(self.lq), self.to_memory_format(self.gt)  # train.channels_last
 
     def to_model_output(self, out: torch.Tensor) -> torch.Tensor:
         """The architecture's output in the model domain (``'linear'`` outputs are compressed)."""
@@ -127,9 +129,9 @@ class PairedHDRModel(HDRBaseModel):
             self.output = self.to_model_output(unwrap_output(self.net_g(self.lq)))
             l_pix = self.cri_pix(self.output, self.to_model_hdr(self.gt))
         losses = OrderedDict(l_pix=l_pix)
-        self.check_finite(losses, current_iter)
-        self.step(l_pix, self.optimizer_g)
+        self.step(losses, self.optimizer_g, current_iter)
         self.log_dict = self.reduce_loss_dict({k: v.detach() for k, v in losses.items()})
+        self.log_dict.update(self.amp_log())
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
 

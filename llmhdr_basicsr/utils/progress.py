@@ -54,9 +54,11 @@ def named_learning_rates(model) -> dict[str, float]:
 
 def tb_tag(key: str) -> str:
     """Tensorboard tag of a log key: ``l_*`` -> ``losses/``, ``out_d_*`` -> ``d_out/``, ``judge_*`` -> ``judge/``,
-    anything else -> ``misc/``."""
+    ``amp_*`` -> ``amp/``, anything else -> ``misc/``."""
     if key.startswith('l_'):
         return f'losses/{key}'
+    if key.startswith('amp_'):
+        return f'amp/{key.removeprefix("amp_")}'
     if key.startswith('judge_'):
         return f'judge/{key.removeprefix("judge_")}'
     if key.startswith('out_d_'):

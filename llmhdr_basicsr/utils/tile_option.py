@@ -4,13 +4,20 @@
 code behind ``llmhdr-infer --tile``) when the ``val`` block asks for it, like Real-ESRGAN's ``tile``/``tile_pad``::
 
     val:
+      tile: auto                                      # the default: images above 2 MP tiled as llmhdr-infer does
       tile: 512                                       # shorthand: tile edge, default overlap (32 px)
       tile: {size: 512, overlap: 32}                  # the same, spelt out
       tile: {size: 512, overlap: 32, global_size: 0}  # norm statistics of the full image (exact, more memory)
-      tile: 0                                         # off (also: null, false, or the key left out)
+      tile: 0                                         # off, every image whole (also: null, false)
 
 ``global_size`` has the meaning of ``llmhdr-infer --tile-global-size``: the global pass sees the image downscaled to at
 most ``global_size ** 2`` pixels (default: ``size``, i.e. the area of one tile; ``0`` = the full image).
+
+``auto`` (also the value when the key is left out) tiles only images of more than :data:`AUTO_TILE_PIXELS` (2 MP)
+pixels, with the defaults of ``llmhdr-infer`` (tile 512, overlap 32, statistics from a 512 x 512 copy): the usual
+small validation images run whole (exactly as before), a 4K validation image does not exhaust the device memory.
+Networks with image-wide operations other than instance norm (see :mod:`llmhdr_basicsr.utils.tiling`) should set
+``tile: null`` when validated on large images.
 """
 
 from __future__ import annotations
@@ -18,9 +25,12 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from llmhdr_basicsr.utils.options import check_keys
-from llmhdr_basicsr.utils.tiling import DEFAULT_OVERLAP, make_tiles
+from llmhdr_basicsr.utils.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, make_tiles
 
 TILE_KEYS = ('size', 'overlap', 'global_size')
+AUTO = 'auto'
+#: ``tile: auto`` tiles the images with more pixels than this (2 MP: a 1920 x 1080 image still runs whole).
+AUTO_TILE_PIXELS = 2_000_000
 #: Smallest tile edge: two FeedbackUNet pooling blocks (tiles are aligned to multiples of 8).
 MIN_TILE = 16
 
@@ -42,7 +52,7 @@ class TileOption(NamedTuple):
 
 def _int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f'{where} must be an integer number of pixels, got {value!r}')
+        raise TypeError(f'{where} must be an integer number of pixels (or auto), got {value!r}')
     return value
 
 
@@ -50,7 +60,8 @@ def parse_tile_option(value: Any, where: str = 'val.tile') -> TileOption | None:
     """Parse and check a ``tile`` option (see the module docstring for the accepted forms).
 
     Args:
-        value: the YAML value: None / 0 / False (off), an int tile edge, or a dict with ``size`` and optionally
+        value: the YAML value: None / 0 / False (off), ``'auto'`` (the ``llmhdr-infer`` defaults; which images
+            are tiled: :func:`tile_min_pixels`), an int tile edge, or a dict with ``size`` and optionally
             ``overlap`` (default 32) and ``global_size`` (default: ``size``; 0 = full image).
         where: the option's name in the YAML, used in error messages.
 
@@ -65,6 +76,8 @@ def parse_tile_option(value: Any, where: str = 'val.tile') -> TileOption | None:
     """
     if value is None or value is False or (isinstance(value, int) and not isinstance(value, bool) and value == 0):
         return None
+    if value == AUTO:
+        return TileOption(DEFAULT_TILE, DEFAULT_OVERLAP, None)
     if isinstance(value, dict):
         check_keys(value, TILE_KEYS, where, strict=True)
         if 'size' not in value:
@@ -98,3 +111,9 @@ def parse_tile_option(value: Any, where: str = 'val.tile') -> TileOption | None:
         raise ValueError(f'{overlap_name} ({overlap}) is too large for the tile{hint}: '
                          f'{str(err).removeprefix("tiling: ")}') from err  # fmt: skip
     return TileOption(size, overlap, global_size)
+
+
+def tile_min_pixels(value: Any) -> int:
+    """Images with at most this many pixels run untiled under the ``tile`` option ``value``: :data:`AUTO_TILE_PIXELS`
+    for ``'auto'``, 0 (every image tiled) for an explicit tile size."""
+    return AUTO_TILE_PIXELS if value == AUTO else 0
