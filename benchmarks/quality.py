@@ -97,21 +97,19 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     'no_curve': ('fixed sRGB base instead of the learned camera curve',
                  {'network_g.crf_basis': False, 'network_g_hdr2ldr.crf_basis': False}),
     'recipe': ('the CPU recipe chosen on validation (options/llmhdr_cpu.yml): full without the adversarial terms, '
-               'T = 1, learned highlight expansion of the base',
+               'T = 1, learned highlight expansion of the base starting at 3 stops',
                {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
-                'network_g.highlight_expansion': True}),
+                'network_g.highlight_expansion': {'init_stops': 3.0}}),
     'no_expansion': ('the recipe without the learned highlight expansion (the recipe before it was measured)',
                      {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1}),
-    'expansion_t200': ('the recipe with the expansion map thresholded at 200/255 instead of 250/255 (also lifts '
+    'expansion_s2': ('the recipe with the expansion starting at 2 stops for a fully saturated region (the recipe '
+                     'before this was measured)',
+                     {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
+                      'network_g.highlight_expansion': True}),
+    'expansion_t200': ('expansion_s2 with the expansion map thresholded at 200/255 instead of 250/255 (also lifts '
                        'highlights a camera rolled off below clipping)',
                        {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
                         'network_g.highlight_expansion': {'threshold': 200 / 255}}),
-    'expansion_t225': ('the recipe with the expansion map thresholded at 225/255',
-                       {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
-                        'network_g.highlight_expansion': {'threshold': 225 / 255}}),
-    'expansion_s3': ('the recipe with the expansion starting at 3 stops for a fully saturated region instead of 2',
-                     {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
-                      'network_g.highlight_expansion': {'init_stops': 3.0}}),
     'cyclegan': ('plain CycleGAN with the same U-Net: adversarial 1, cycle 10, identity 5; no gates, feedback, '
                  'perception, camera cycle or curve', {
                      'network_g.gating': False, 'network_g_hdr2ldr.gating': False,
