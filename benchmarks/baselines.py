@@ -325,11 +325,20 @@ def markdown(tables: dict, names) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------- main
+def method_key(name: str) -> str:
+    """The short, comma-free name of a method for ``--methods``: ``'RRDBNet (BasicSR, scale 1)'`` -> ``'rrdbnet'``."""
+    return name.split(' ')[0].split('(')[0].lower()
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--data', default=str(REPO.parent / 'shared' / 'data'), help='folder with ldr/ and hdr/')
     p.add_argument('--work', default=str(REPO / 'datasets' / 'quality_benchmark'), help='quality.py work folder')
-    p.add_argument('--methods', default='all', help=f'comma-separated, or "all": {", ".join(SUPERVISED)}, cyclehdr')
+    p.add_argument(
+        '--methods',
+        default='all',
+        help=f'comma-separated short names or "all": {", ".join(map(method_key, SUPERVISED))}, cyclehdr',
+    )
     p.add_argument('--eval', choices=('test', 'val'), default='test', help='the two test sets, or the two val sets')
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     p.add_argument('--iters', type=int, default=600, help='training iterations of every learned method')
@@ -353,11 +362,12 @@ def parse_args(argv):
     if args.smoke:
         args.size, args.no_cvvdp = min(args.size, 64), True
     known = [*SUPERVISED, 'cyclehdr']
-    methods = known if args.methods == 'all' else [m.strip() for m in args.methods.split(',')]
-    unknown = [m for m in methods if m not in known]
+    keys = {method_key(m): m for m in known}
+    tokens = [m.strip() for m in args.methods.split(',')] if args.methods != 'all' else known
+    unknown = [t for t in tokens if t not in known and t.lower() not in keys]
     if unknown:
-        p.error(f'--methods: unknown {unknown}; choose from {known} or "all"')
-    args.method_list = methods
+        p.error(f'--methods: unknown {unknown}; choose from {sorted(keys)} (or the full names) or "all"')
+    args.method_list = [t if t in known else keys[t.lower()] for t in tokens]
     args.data, args.work = str(Path(args.data).resolve()), str(Path(args.work).resolve())
     return args
 

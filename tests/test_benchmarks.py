@@ -267,6 +267,18 @@ def test_baselines_smoke_run_trains_every_method_under_one_protocol(tmp_path):
     assert proc.returncode == 0 and f'{len(baselines.SUPERVISED)} supervised run(s) reused, 0 to train' in proc.stdout
 
 
+def test_baselines_methods_are_chosen_by_short_names():
+    """``--methods`` takes comma-free short names (a full name such as 'RRDBNet (BasicSR, scale 1)' has a comma);
+    each method has its own, and an unknown one is an argparse error naming the choices."""
+    baselines = _load('baselines')
+    names = [*baselines.SUPERVISED, 'cyclehdr']
+    assert len({baselines.method_key(n) for n in names}) == len(names)
+    args = baselines.parse_args(['--methods', 'rrdbnet,ExpandNet,singlehdr,cyclehdr'])
+    assert args.method_list == ['RRDBNet (BasicSR, scale 1)', 'ExpandNet', 'SingleHDR(W) U-Net', 'cyclehdr']
+    with pytest.raises(SystemExit):
+        baselines.parse_args(['--methods', 'rrdb'])
+
+
 def test_tonemapping_smoke_run_scores_g_x_and_the_operators(tmp_path):
     """benchmarks/tonemapping.py --smoke end to end in a fresh interpreter: the CycleHDR run trained (2 iterations),
     its G_X and the three classical operators scored with TMQI and against both reference renderings; ``--stored``
