@@ -14,6 +14,20 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / 'shared' / 'data'
+
+
+@pytest.fixture(scope='session')
+def prep():
+    """``scripts/prepare_data.py`` as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location('prepare_data', REPO / 'scripts' / 'prepare_data.py')
+    module = importlib.util.module_from_spec(spec)
+    sys.modules['prepare_data'] = module  # dataclasses and multiprocessing pickling look the module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
 PYTHON = sys.executable
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')

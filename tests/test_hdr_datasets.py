@@ -8,11 +8,8 @@ output channel is ``|M| @ bound_2020``. Every comparison below uses that per-pix
 float32 rounding); a wrong curve, constant, white scale or channel order is off by far more.
 """
 
-import importlib.util
 import json
 import os
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -22,17 +19,7 @@ from llmhdr_basicsr.data import hdr_datasets as hd
 from llmhdr_basicsr.utils import transfer as tf
 from llmhdr_basicsr.utils.hdr_io import ImageReadError, read_coded_hdr, read_hdr, read_image_raw, write_hdr, write_ldr
 
-SCRIPT = Path(__file__).resolve().parents[1] / 'scripts' / 'prepare_data.py'
 Q16 = 0.5 / 65535.0  # half a 16-bit code step
-
-
-@pytest.fixture(scope='module')
-def prep():
-    spec = importlib.util.spec_from_file_location('prepare_data', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules['prepare_data'] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def linear_709(h=6, w=9, lo=1e-3, hi=40.0, seed=0):

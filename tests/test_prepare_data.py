@@ -1,11 +1,9 @@
 """scripts/prepare_data.py (split / crop / synth / example) and llmhdr_basicsr/utils/camera.py on tiny data."""
 
-import importlib.util
 import json
 import os
 import os.path as osp
 import re
-import sys
 from pathlib import Path
 
 import cv2
@@ -15,17 +13,7 @@ import pytest
 from llmhdr_basicsr.utils import camera as cam
 from llmhdr_basicsr.utils.hdr_io import read_hdr, write_hdr, write_ldr
 
-SCRIPT = Path(__file__).resolve().parents[1] / 'scripts' / 'prepare_data.py'
 EV_REGEX = r'^(?P<scene>.+?)(_ev[-+]?\d+)?$'
-
-
-@pytest.fixture(scope='module')
-def prep():
-    spec = importlib.util.spec_from_file_location('prepare_data', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules['prepare_data'] = module  # dataclasses and multiprocessing pickling look the module up by name
-    spec.loader.exec_module(module)
-    return module
 
 
 def fake_hdr(rng, h=12, w=16):

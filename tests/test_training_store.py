@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +17,8 @@ from llmhdr_basicsr.data.unpaired_hdr_dataset import UnpairedLDRHDRDataset
 from llmhdr_basicsr.utils import camera as cam
 from llmhdr_basicsr.utils import hdr_io
 
-SCRIPT = Path(__file__).resolve().parents[1] / 'scripts' / 'prepare_data.py'
 FH, FW = 40, 56  # frame size; tiles of 24 every 16 px: 2 x 3 tiles per frame
 TILING = ['--crop-size', '24', '--step', '16']
-
-
-@pytest.fixture(scope='module')
-def prep():
-    spec = importlib.util.spec_from_file_location('prepare_data', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules['prepare_data'] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def hdr_frame(seed: int, h: int = FH, w: int = FW) -> np.ndarray:
