@@ -32,6 +32,7 @@ Usage::
     python benchmarks/quality.py --eval val --seeds 0             # tuning: validation sets
     python benchmarks/quality.py --variants ablation --jobs 2     # the ablation table
     python benchmarks/quality.py --set train.llm_opt.loss_weight=0.3 --eval val --tag llm03
+    python benchmarks/quality.py --variants recipe --eval val --stops-oracle   # stored runs, constant expansion stops
 """
 
 from __future__ import annotations
@@ -78,6 +79,15 @@ DELETE = object()  # an override value that removes the option (switches a loss 
 #: S-curves (toe and shoulder), JPEG and white-balance errors; never the out-of-family test renderings.
 WIDE_CAMERA = {'logistic_prob': 0.4, 'jpeg_prob': 0.3, 'wb_jitter': 0.05}
 
+
+def shoulder_basis() -> list:
+    """G_Y's camera-curve basis widened by two strong highlight shoulders (logistic curves steeper and deeper than
+    the default basis has), as lists for the option file. A callable override: resolved when the options are built."""
+    from llmhdr_basicsr.archs.crf_basis import DEFAULT_BASIS
+
+    return [list(c) for c in DEFAULT_BASIS] + [['logistic', 0.5, -4.0], ['logistic', 0.4, -6.0]]
+
+
 #: The ablation: the full method (``full``) with one part off or changed, and a plain CycleGAN with the same
 #: generator and budget. Each entry: (description, {dotted option: value or DELETE}).
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -110,6 +120,40 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                        'highlights a camera rolled off below clipping)',
                        {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
                         'network_g.highlight_expansion': {'threshold': 200 / 255}}),
+    'camera_mse': ('the recipe with the camera cycle as a squared error (its optimum the mean of what a clipped '
+                   'region may hold, as PU21-PSNR scores it) instead of L1 (the median)',
+                   {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
+                    'network_g.highlight_expansion': {'init_stops': 3.0},
+                    'train.camera_opt': {'type': 'MSELoss', 'loss_weight': 100.0, 'reduction': 'mean'}}),
+    'wide_shoulder': ('the recipe with more and stronger highlight shoulders in the virtual camera (logistic curves '
+                      'with probability 0.6, pivot 0.5-6 stops below white, slope 0.4-1.2 per stop)',
+                      {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
+                       'network_g.highlight_expansion': {'init_stops': 3.0},
+                       'datasets.train.virtual_camera': {**WIDE_CAMERA, 'logistic_prob': 0.6,
+                                                         'logistic_pivot': [-6.0, -0.5],
+                                                         'logistic_slope': [0.4, 1.2]}}),
+    'shoulder_basis': ('the recipe with two strong-shoulder curves added to G_Y\'s camera-curve basis (logistic, '
+                       'slope 0.5 per stop with the pivot 4 stops below white, 0.4 with 6)',
+                       {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
+                        'network_g.highlight_expansion': {'init_stops': 3.0},
+                        'network_g.crf_basis': shoulder_basis}),
+    'wide_shoulder_basis': ('wide_shoulder with the two strong-shoulder curves of shoulder_basis in G_Y\'s basis',
+                            {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
+                             'network_g.highlight_expansion': {'init_stops': 3.0},
+                             'network_g.crf_basis': shoulder_basis,
+                             'datasets.train.virtual_camera': {**WIDE_CAMERA, 'logistic_prob': 0.6,
+                                                               'logistic_pivot': [-6.0, -0.5],
+                                                               'logistic_slope': [0.4, 1.2]}}),
+    'display_contrast': ('the recipe with a display contrast boost in the virtual camera (a logistic S-curve about '
+                         'mid-grey blended in with weight 0.1-0.5, for half the photos)',
+                         {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
+                          'network_g.highlight_expansion': {'init_stops': 3.0},
+                          'datasets.train.virtual_camera': {**WIDE_CAMERA, 'contrast_prob': 0.5}}),
+    'contrast_shoulder_basis': ('shoulder_basis with the display contrast boost of display_contrast',
+                                {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
+                                 'network_g.highlight_expansion': {'init_stops': 3.0},
+                                 'network_g.crf_basis': shoulder_basis,
+                                 'datasets.train.virtual_camera': {**WIDE_CAMERA, 'contrast_prob': 0.5}}),
     'cyclegan': ('plain CycleGAN with the same U-Net: adversarial 1, cycle 10, identity 5; no gates, feedback, '
                  'perception, camera cycle or curve', {
                      'network_g.gating': False, 'network_g_hdr2ldr.gating': False,
@@ -184,6 +228,8 @@ def apply_overrides(opt: dict, overrides: dict) -> dict:
             continue
         if value is DELETE:
             node.pop(leaf, None)
+        elif callable(value):
+            node[leaf] = value()
         elif value == 'half_cycle':
             node[leaf] = 0.5 * opt['train']['cycle_opt']['loss_weight']
         else:
@@ -445,6 +491,75 @@ def convergence(model, snapshots: list[dict], pairs) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------------- report
+def load_stored_generator(work: Path, variant: str, seed: int):
+    """G_Y of the stored run ``<work>/runs/<variant>_seed<seed>`` (built from its saved options), in eval mode."""
+    from basicsr.utils.registry import ARCH_REGISTRY
+
+    exp = work / 'runs' / f'{variant}_seed{seed}' / 'experiments' / 'quality_benchmark'
+    weights, options = exp / 'models' / 'net_g_latest.pth', exp / 'options.yml'
+    if not (weights.is_file() and options.is_file()):
+        raise FileNotFoundError(f'no stored run {variant} seed {seed} in {work / "runs"}: train it first '
+                                f'(python benchmarks/quality.py --variants {variant} --seeds {seed} ...)')  # fmt: skip
+    net_opt = dict(yaml.safe_load(options.read_text())['network_g'])
+    net = ARCH_REGISTRY.get(net_opt.pop('type'))(**net_opt)
+    state = torch.load(weights, map_location='cpu', weights_only=True)
+    net.load_state_dict(state.get('params_ema', state['params']))
+    return net.eval()
+
+
+def stops_oracle(work: Path, split: Path, variant: str, seed: int, sets: tuple[str, ...], grid: list[float]) -> dict:
+    """PU21-PSNR of a stored run's G_Y on ``sets`` with its predicted expansion stops and with every constant of
+    ``grid`` instead: ``{set: {'learned': {image: (stops, score)}, 'fixed': {stops: {image: score}}}}``.
+
+    What per-image stops could gain: the best constant for the whole set vs the best constant per image (an oracle
+    that sees the ground truth, a bound, never a setting)."""
+    from llmhdr_basicsr.archs.feedback_unet_arch import model_to_hdr
+
+    net = load_stored_generator(work, variant, seed)
+    if getattr(net, 'expansion', None) is None:
+        raise ValueError(
+            f'--stops-oracle: variant {variant} has no highlight expansion (network_g.highlight_expansion)'
+        )
+    seen = []
+    predict_stops = net.expansion.stops
+    net.expansion.stops = lambda feat, x: seen.append(predict_stops(feat, x)) or seen[-1]
+
+    def predict(ldr):
+        with torch.no_grad():
+            return model_to_hdr(net(ldr), net.headroom)
+
+    out = {}
+    for name in sets:
+        pairs = eval_pairs(split, name)
+        rows = score(predict, pairs, ('pu21_psnr',))
+        stops = [float(t.mean()) for t in seen]
+        seen.clear()
+        out[name] = {'learned': {k: (st, v['pu21_psnr']) for (k, v), st in zip(rows.items(), stops)}, 'fixed': {}}
+        for value in grid:
+            net.expansion.fixed_stops = value
+            out[name]['fixed'][value] = {k: v['pu21_psnr'] for k, v in score(predict, pairs, ('pu21_psnr',)).items()}
+            seen.clear()
+        net.expansion.fixed_stops = None
+    return out
+
+
+def print_stops_oracle(results: dict[tuple[str, int], dict]) -> None:
+    """One line per run and set: learned stops and score, the best constant and the per-image oracle."""
+    print('\nexpansion stops (PU21-PSNR dB; constant: the best one stop value for the whole set; per-image: the best '
+          'value for each image, which needs the ground truth)')  # fmt: skip
+    print(f'{"run":<28} {"set":<9} {"learned stops":>14} {"learned":>8} {"constant":>14} {"per-image":>10}')
+    for (variant, seed), sets in results.items():
+        for name, r in sets.items():
+            learned = r['learned']
+            stops = np.array([st for st, _ in learned.values()])
+            mean = lambda d: float(np.mean(list(d.values())))  # noqa: E731
+            best = max(r['fixed'], key=lambda v: mean(r['fixed'][v]))
+            oracle = float(np.mean([max(r['fixed'][v][k] for v in r['fixed']) for k in learned]))
+            print(f'{variant + " seed " + str(seed):<28} {name:<9} {stops.min():>6.2f}-{stops.max():<7.2f} '
+                  f'{np.mean([v for _, v in learned.values()]):>8.2f} {mean(r["fixed"][best]):>7.2f} at {best:<4g} '
+                  f'{oracle:>10.2f}')  # fmt: skip
+
+
 def seed_stats(values: list[float]) -> tuple[float, float, int]:
     """Mean, sample standard deviation (0 for one value) and count, NaNs left out."""
     v = np.array([x for x in values if x == x], dtype=np.float64)
@@ -603,6 +718,14 @@ def parse_args(argv):
     p.add_argument('--snapshot-min', type=float, default=0.0, help='also score G_Y on val every this many minutes')
     p.add_argument('--no-cvvdp', action='store_true', help='skip ColorVideoVDP (the slowest metric)')
     p.add_argument('--baselines-only', action='store_true', help='no training: score the classical operators only')
+    p.add_argument(
+        '--stops-oracle',
+        nargs='?',
+        const='0:4:0.5',
+        metavar='LO:HI:STEP',
+        help='no training: score the stored runs of --variants/--seeds with constant expansion stops '
+        '(default grid 0:4:0.5) next to their predicted ones, on the --eval sets',
+    )
     p.add_argument('--run', help=argparse.SUPPRESS)  # VARIANT:SEED, used by --jobs for the child processes
     p.add_argument('--json', help='write all numbers to this JSON file')
     p.add_argument('--markdown', help='also write the tables as Markdown to this file')
@@ -640,6 +763,24 @@ def main(argv: list[str] | None = None) -> int:
 
     def name_of(variant: str) -> str:
         return variant + (f'_{args.tag}' if args.tag else ('_custom' if args.extra else ''))
+
+    if args.stops_oracle:  # a diagnostic of stored runs, no training
+        try:
+            lo, hi, step = (float(v) for v in args.stops_oracle.split(':'))
+        except ValueError:
+            print(f'error: --stops-oracle needs LO:HI:STEP, got {args.stops_oracle!r}', file=sys.stderr)
+            return 2
+        grid = [round(v, 6) for v in np.arange(lo, hi + step / 2, step)]
+        try:
+            results = {(v, sd): stops_oracle(work, split, name_of(v), sd, EVAL_GROUPS[args.eval], grid)
+                       for v in args.variant_list for sd in args.seeds}  # fmt: skip
+        except (FileNotFoundError, ValueError) as err:
+            print(f'error: {err}', file=sys.stderr)
+            return 2
+        print_stops_oracle(results)
+        if args.json:
+            Path(args.json).write_text(json.dumps({f'{v}_seed{sd}': r for (v, sd), r in results.items()}, indent=1))
+        return 0
 
     if args.run:  # a child of --jobs: one run, then exit
         variant, seed = args.run.rsplit(':', 1)

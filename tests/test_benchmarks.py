@@ -304,3 +304,27 @@ def test_tonemapping_smoke_run_scores_g_x_and_the_operators(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'stored run full_seed0.json' in proc.stdout and '[full seed 0] training' not in proc.stdout
     assert json.loads(out2.read_text())['table'] == table
+
+
+def test_quality_stops_oracle_scores_a_stored_run_with_constant_stops(tmp_path, capsys):
+    """``--stops-oracle`` reloads a stored run's G_Y: its predicted stops reproduce the stored validation score, a
+    constant replaces them (different scores per constant), and a run that was never trained is a one-line error."""
+    from conftest import make_unpaired_folders
+
+    quality = _load('quality')
+    make_unpaired_folders(tmp_path / 'data', n_ldr=3, n_hdr=8, size=(40, 48))
+    base = ['--data', str(tmp_path / 'data'), '--work', str(tmp_path / 'work'), *QUALITY_TINY, '--eval', 'val']
+    base += ['--variants', 'recipe']
+    assert quality.main([*base, '--json', str(tmp_path / 'run.json')]) in (0, 1)
+    stored = json.loads((tmp_path / 'run.json').read_text())['runs']['recipe'][0]['scores']
+    out = tmp_path / 'oracle.json'
+    assert quality.main([*base, '--stops-oracle', '0:3:1.5', '--json', str(out)]) == 0
+    assert 'expansion stops (PU21-PSNR dB' in capsys.readouterr().out
+    result = json.loads(out.read_text())['recipe_seed0']
+    for name in ('val', 'val_ood'):
+        learned = {k: v[1] for k, v in result[name]['learned'].items()}
+        assert learned == pytest.approx({k: v['pu21_psnr'] for k, v in stored[name].items()}, abs=1e-4)
+        assert set(result[name]['fixed']) == {'0.0', '1.5', '3.0'}
+        assert result[name]['fixed']['0.0'] != result[name]['fixed']['3.0']
+    assert quality.main([*base[:-1], 'expansion_s2', '--stops-oracle']) == 2
+    assert 'no stored run expansion_s2 seed 0' in capsys.readouterr().err

@@ -323,3 +323,26 @@ def test_example_three_way_split_never_shares_a_scene(prep, tmp_path):
         a = cv2.imread(str(out / 'test_ldr' / f'{stem}.png'))
         b = cv2.imread(str(out / 'test_ood_ldr' / f'{stem}.png'))
         assert a.shape == b.shape and np.abs(a.astype(int) - b).mean() > 1
+
+
+def test_display_contrast_is_a_monotone_s_curve_and_keeps_old_camera_streams():
+    """The virtual camera's display contrast: 0 -> 0, 1 -> 1, monotone, darker below mid-grey and brighter above
+    (weight 0 returns the input); cameras drawn without it keep the random stream they had before it existed."""
+    y = np.linspace(0.0, 1.0, 101)
+    boosted = cam.display_contrast(y, 0.5)
+    assert boosted[0] == pytest.approx(0.0) and boosted[-1] == pytest.approx(1.0)
+    assert np.all(np.diff(boosted) > 0)
+    assert np.all(boosted[1:50] < y[1:50]) and np.all(boosted[51:100] > y[51:100])
+    assert cam.display_contrast(y, 0.0) is y
+    with_draws = np.random.default_rng(3)
+    params = cam.random_camera(with_draws, contrast_prob=1.0, contrast_range=(0.2, 0.3))
+    assert 0.2 <= params.contrast <= 0.3
+    plain, off = np.random.default_rng(3), np.random.default_rng(3)
+    assert cam.random_camera(plain) == cam.random_camera(off, contrast_prob=0.0)
+    assert plain.random() == off.random()  # same number of draws
+    hdr = np.random.default_rng(0).uniform(0.0, 4.0, (8, 8, 3))
+    flat = cam.apply_camera(hdr, cam.CameraParams(exposure=1.0, bit_depth=None))
+    punchy = cam.apply_camera(hdr, cam.CameraParams(exposure=1.0, bit_depth=None, contrast=0.4))
+    assert np.allclose(punchy, cam.display_contrast(flat.astype(np.float64), 0.4), atol=1e-6)
+    with pytest.raises(ValueError, match='contrast'):
+        cam.CameraParams(contrast=1.5)

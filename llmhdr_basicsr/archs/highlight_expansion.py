@@ -70,6 +70,9 @@ class HighlightExpansion(nn.Module):
                 f'{sigma_r}, {rate}, {threshold}'
             )
         self.init_stops, self.max_stops = float(init_stops), float(max_stops)
+        #: when set, :meth:`stops` returns this value for every image instead of the prediction (not saved; a
+        #: diagnostic of how much per-image stops could gain, ``benchmarks/quality.py --stops-oracle``)
+        self.fixed_stops: float | None = None
         self.sigma_s, self.sigma_r, self.threshold, self.rate = float(sigma_s), float(sigma_r), float(threshold), rate
         self.pool = ImageMean()
         self.hist = ImageHistogram(hist_bins) if hist_bins > 0 else None
@@ -87,7 +90,9 @@ class HighlightExpansion(nn.Module):
 
     def stops(self, feat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``(N,)`` expansion in stops of a fully saturated region, from the bottleneck ``(N, C, h, w)`` and the
-        display-referred input ``x`` ``(N, 3, H, W)``."""
+        display-referred input ``x`` ``(N, 3, H, W)``; ``fixed_stops`` for every image when that is set."""
+        if self.fixed_stops is not None:
+            return feat.new_full((feat.size(0),), float(self.fixed_stops))
         features = self.pool(feat) / feat.size(1)
         if self.hist is not None:
             features = torch.cat([features, self.hist(x).to(features)], dim=1)

@@ -29,6 +29,10 @@ Pipeline of :func:`apply_camera` (numpy, ``(H, W, 3)`` RGB)::
     with it.
 
 - White balance: per-channel gains ``(r, 1, b)`` jittered around 1 (off by default).
+- Display contrast (off by default, ``contrast_prob``): the display image blended with a logistic S-curve about
+  mid-grey, ``y' = (1 - c) y + c S(y)``, ``S(y) = (s(k (y - 1/2)) - s(-k/2)) / (s(k/2) - s(-k/2))`` with ``s`` the
+  logistic function and ``k`` = :data:`CONTRAST_SLOPE`: the contrast boost phones apply after the camera curve,
+  which pushes bright values towards white and hides highlight range that the curve alone keeps.
 - Quantisation to ``bit_depth`` bits (8 by default; ``None`` keeps float values), then optional JPEG at a recorded
   quality (OpenCV's libjpeg: deterministic for a given build).
 
@@ -58,6 +62,9 @@ DEFAULT_GAMMA_RANGE = (1.8, 2.6)
 DEFAULT_SIGMOID_EXPONENT = (0.9, 0.1)  # GlowGAN: g ~ N(0.9, 0.1)
 DEFAULT_SIGMOID_BETA = (0.6, 0.1)  # GlowGAN: beta ~ N(0.6, 0.1)
 DEFAULT_JPEG_QUALITY = (70, 95)
+DEFAULT_CONTRAST_RANGE = (0.1, 0.5)  # blend weight of the display S-curve, uniform
+#: Slope of the logistic display S-curve about mid-grey (per unit of display value).
+CONTRAST_SLOPE = 8.0
 #: Rows of :func:`peak_rank_sample` (the clipped fraction then holds within 1 / 8192 of the whole frame's).
 DEFAULT_RANK_SAMPLES = 8193
 
@@ -78,6 +85,7 @@ class CameraParams:
         wb_gains: linear gains ``[r, g, b]`` applied before the exposure (``[1, 1, 1]`` = no white-balance error).
         bit_depth: 8 or 16 (quantisation), or None (no quantisation: float output).
         jpeg_quality: JPEG quality 1-100 applied after 8-bit quantisation, or None.
+        contrast: blend weight in [0, 1] of the display-domain S-curve applied after the CRF (0 = none).
         measured_clip_fraction: fraction of clipped pixels actually obtained (recorded by :func:`resolve_camera`;
             informative only, not used by :func:`apply_camera`).
     """
@@ -93,6 +101,7 @@ class CameraParams:
     wb_gains: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     bit_depth: int | None = 8
     jpeg_quality: int | None = None
+    contrast: float = 0.0
     measured_clip_fraction: float | None = None
 
     def __post_init__(self) -> None:
@@ -132,6 +141,8 @@ class CameraParams:
             raise ValueError(f'CameraParams.wb_gains must be three finite values > 0, got {self.wb_gains}')
         if self.bit_depth not in (8, 16, None):
             raise ValueError(f'CameraParams.bit_depth must be 8, 16 or None, got {self.bit_depth}')
+        if not (math.isfinite(self.contrast) and 0.0 <= self.contrast <= 1.0):
+            raise ValueError(f'CameraParams.contrast must be in [0, 1], got {self.contrast}')
         if self.jpeg_quality is not None:
             if not 1 <= int(self.jpeg_quality) <= 100:
                 raise ValueError(f'CameraParams.jpeg_quality must be in [1, 100] or None, got {self.jpeg_quality}')
@@ -169,11 +180,14 @@ def random_camera(
     logistic_prob: float = 0.0,
     logistic_slope: tuple[float, float] = DEFAULT_LOGISTIC_SLOPE,
     logistic_pivot: tuple[float, float] = DEFAULT_LOGISTIC_PIVOT,
+    contrast_prob: float = 0.0,
+    contrast_range: tuple[float, float] = DEFAULT_CONTRAST_RANGE,
 ) -> CameraParams:
     """Draw a camera. The exposure stays unresolved (it depends on the image): see :func:`resolve_camera`.
 
     The draws always happen in the same order and number, whatever the probabilities, so changing one option does
-    not shift the random stream of the others.
+    not shift the random stream of the others; the display contrast's two draws come last and only with
+    ``contrast_prob > 0``, so cameras without it keep the stream they had before it existed.
 
     Args:
         rng: numpy Generator (the only source of randomness).
@@ -189,6 +203,8 @@ def random_camera(
         logistic_prob: probability of the logistic CRF (drawn first; the gamma / sigmoid choice otherwise).
         logistic_slope: uniform range of its slope per stop.
         logistic_pivot: uniform range of its pivot in stops below white.
+        contrast_prob: probability of the display contrast S-curve (any CRF).
+        contrast_range: uniform range of its blend weight, within [0, 1].
 
     Returns:
         A :class:`CameraParams` with ``exposure=None``.
@@ -200,10 +216,17 @@ def random_camera(
         raise ValueError(f'gamma_range must satisfy 0 < lo <= hi, got {gamma_range}')
     if not 0 <= wb_jitter < 1:
         raise ValueError(f'wb_jitter must be in [0, 1), got {wb_jitter}')
+    if not 0 <= contrast_range[0] <= contrast_range[1] <= 1:
+        raise ValueError(f'contrast_range must satisfy 0 <= lo <= hi <= 1, got {contrast_range}')
     u = rng.random(8)  # fixed number of draws: [clip, family, gamma, g, beta, wb_r, wb_b, jpeg?] + quality below
     normals = rng.standard_normal(2)
     quality = int(rng.integers(jpeg_quality[0], jpeg_quality[1] + 1))
     v = rng.random(3)  # drawn after the original draws, so the gamma / sigmoid streams stay as they were
+    contrast = 0.0
+    if contrast_prob > 0:
+        w = rng.random(2)
+        if w[0] < contrast_prob:
+            contrast = float(contrast_range[0] + (contrast_range[1] - contrast_range[0]) * w[1])
     use_sigmoid = u[1] < sigmoid_prob
     g = float(np.clip(sigmoid_exponent[0] + sigmoid_exponent[1] * normals[0], 0.5, 1.5))
     beta = float(np.clip(sigmoid_beta[0] + sigmoid_beta[1] * normals[1], 0.2, 1.2))
@@ -213,6 +236,7 @@ def random_camera(
         wb_gains=[float(1.0 + wb_jitter * (2 * u[5] - 1)), 1.0, float(1.0 + wb_jitter * (2 * u[6] - 1))],
         bit_depth=bit_depth,
         jpeg_quality=quality if (u[7] < jpeg_prob and bit_depth == 8) else None,
+        contrast=contrast,
     )
     if v[0] < logistic_prob:
         return CameraParams(
@@ -444,7 +468,8 @@ def apply_camera(hdr: np.ndarray, params: CameraParams, dtype: type = np.float32
     exposure = params.exposure
     if exposure is None:
         exposure = exposure_for_clip_fraction(x, params.clip_fraction, params.wb_gains)
-    y = crf_encode(x * np.asarray(params.wb_gains, dtype=np.float64) * exposure, params)
+    y = display_contrast(crf_encode(x * np.asarray(params.wb_gains, dtype=np.float64) * exposure, params),
+                         params.contrast)  # fmt: skip
     dtype = np.dtype(dtype)
     if params.bit_depth is None:
         if dtype.kind != 'f':
@@ -456,6 +481,15 @@ def apply_camera(hdr: np.ndarray, params: CameraParams, dtype: type = np.float32
     if dtype != codes.dtype:
         raise ValueError(f'apply_camera: {dtype} output needs bit_depth {8 if dtype == np.uint8 else 16}')
     return np.ascontiguousarray(codes)
+
+
+def display_contrast(y: np.ndarray, weight: float) -> np.ndarray:
+    """The display contrast boost (module docstring) of display-referred ``y`` in [0, 1]; ``weight`` 0 returns ``y``."""
+    if weight == 0:
+        return y
+    lo, hi = (1.0 / (1.0 + math.exp(CONTRAST_SLOPE / 2 * sign)) for sign in (1.0, -1.0))
+    s = (1.0 / (1.0 + np.exp(-CONTRAST_SLOPE * (y - 0.5))) - lo) / (hi - lo)
+    return (1.0 - weight) * y + weight * s
 
 
 def quantize_display(y: np.ndarray, bit_depth: int, jpeg_quality: int | None = None, codes: bool = False) -> np.ndarray:
@@ -495,6 +529,7 @@ __all__ = [
     'crf_encode',
     'crf_encode_torch',
     'curve_of',
+    'display_contrast',
     'exposure_for_clip_fraction',
     'exposure_from_rank_sample',
     'peak_rank_sample',
