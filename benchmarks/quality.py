@@ -80,14 +80,6 @@ DELETE = object()  # an override value that removes the option (switches a loss 
 WIDE_CAMERA = {'logistic_prob': 0.4, 'jpeg_prob': 0.3, 'wb_jitter': 0.05}
 
 
-def shoulder_basis() -> list:
-    """G_Y's camera-curve basis widened by two strong highlight shoulders (logistic curves steeper and deeper than
-    the default basis has), as lists for the option file. A callable override: resolved when the options are built."""
-    from llmhdr_basicsr.archs.crf_basis import DEFAULT_BASIS
-
-    return [list(c) for c in DEFAULT_BASIS] + [['logistic', 0.5, -4.0], ['logistic', 0.4, -6.0]]
-
-
 #: The ablation: the full method (``full``) with one part off or changed, and a plain CycleGAN with the same
 #: generator and budget. Each entry: (description, {dotted option: value or DELETE}).
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -107,9 +99,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     'no_curve': ('fixed sRGB base instead of the learned camera curve',
                  {'network_g.crf_basis': False, 'network_g_hdr2ldr.crf_basis': False}),
     'recipe': ('the CPU recipe chosen on validation (options/llmhdr_cpu.yml): full without the adversarial terms, '
-               'T = 1, learned highlight expansion of the base starting at 3 stops',
+               'T = 1, learned highlight expansion of the base starting at 3 stops, G_Y\'s camera-curve basis with '
+               'two deeper highlight shoulders',
                {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
-                'network_g.highlight_expansion': {'init_stops': 3.0}}),
+                'network_g.highlight_expansion': {'init_stops': 3.0}, 'network_g.crf_basis': 'shoulders'}),
+    'expansion_s3': ('the recipe with the default camera-curve basis (the recipe before the shoulder basis was '
+                     'measured)',
+                     {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
+                      'network_g.highlight_expansion': {'init_stops': 3.0}}),
     'no_expansion': ('the recipe without the learned highlight expansion (the recipe before it was measured)',
                      {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1}),
     'expansion_s2': ('the recipe with the expansion starting at 2 stops for a fully saturated region (the recipe '
@@ -120,40 +117,30 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                        'highlights a camera rolled off below clipping)',
                        {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
                         'network_g.highlight_expansion': {'threshold': 200 / 255}}),
-    'camera_mse': ('the recipe with the camera cycle as a squared error (its optimum the mean of what a clipped '
+    'camera_mse': ('expansion_s3 with the camera cycle as a squared error (its optimum the mean of what a clipped '
                    'region may hold, as PU21-PSNR scores it) instead of L1 (the median)',
                    {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
                     'network_g.highlight_expansion': {'init_stops': 3.0},
                     'train.camera_opt': {'type': 'MSELoss', 'loss_weight': 100.0, 'reduction': 'mean'}}),
-    'wide_shoulder': ('the recipe with more and stronger highlight shoulders in the virtual camera (logistic curves '
+    'wide_shoulder': ('expansion_s3 with more and stronger highlight shoulders in the virtual camera (logistic curves '
                       'with probability 0.6, pivot 0.5-6 stops below white, slope 0.4-1.2 per stop)',
                       {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
                        'network_g.highlight_expansion': {'init_stops': 3.0},
                        'datasets.train.virtual_camera': {**WIDE_CAMERA, 'logistic_prob': 0.6,
                                                          'logistic_pivot': [-6.0, -0.5],
                                                          'logistic_slope': [0.4, 1.2]}}),
-    'shoulder_basis': ('the recipe with two strong-shoulder curves added to G_Y\'s camera-curve basis (logistic, '
-                       'slope 0.5 per stop with the pivot 4 stops below white, 0.4 with 6)',
-                       {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
-                        'network_g.highlight_expansion': {'init_stops': 3.0},
-                        'network_g.crf_basis': shoulder_basis}),
-    'wide_shoulder_basis': ('wide_shoulder with the two strong-shoulder curves of shoulder_basis in G_Y\'s basis',
+    'wide_shoulder_basis': ('the recipe (shoulder basis) with the camera of wide_shoulder',
                             {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
                              'network_g.highlight_expansion': {'init_stops': 3.0},
-                             'network_g.crf_basis': shoulder_basis,
+                             'network_g.crf_basis': 'shoulders',
                              'datasets.train.virtual_camera': {**WIDE_CAMERA, 'logistic_prob': 0.6,
                                                                'logistic_pivot': [-6.0, -0.5],
                                                                'logistic_slope': [0.4, 1.2]}}),
-    'display_contrast': ('the recipe with a display contrast boost in the virtual camera (a logistic S-curve about '
+    'display_contrast': ('expansion_s3 with a display contrast boost in the virtual camera (a logistic S-curve about '
                          'mid-grey blended in with weight 0.1-0.5, for half the photos)',
                          {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
                           'network_g.highlight_expansion': {'init_stops': 3.0},
                           'datasets.train.virtual_camera': {**WIDE_CAMERA, 'contrast_prob': 0.5}}),
-    'contrast_shoulder_basis': ('shoulder_basis with the display contrast boost of display_contrast',
-                                {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
-                                 'network_g.highlight_expansion': {'init_stops': 3.0},
-                                 'network_g.crf_basis': shoulder_basis,
-                                 'datasets.train.virtual_camera': {**WIDE_CAMERA, 'contrast_prob': 0.5}}),
     'cyclegan': ('plain CycleGAN with the same U-Net: adversarial 1, cycle 10, identity 5; no gates, feedback, '
                  'perception, camera cycle or curve', {
                      'network_g.gating': False, 'network_g_hdr2ldr.gating': False,
@@ -228,8 +215,6 @@ def apply_overrides(opt: dict, overrides: dict) -> dict:
             continue
         if value is DELETE:
             node.pop(leaf, None)
-        elif callable(value):
-            node[leaf] = value()
         elif value == 'half_cycle':
             node[leaf] = 0.5 * opt['train']['cycle_opt']['loss_weight']
         else:

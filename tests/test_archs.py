@@ -384,6 +384,26 @@ def test_crf_basis_curves_known_values_and_monotone():
     torch.testing.assert_close(enc(x, feat), x.clamp(min=1e-6) ** 0.5, atol=1e-4, rtol=1e-4)
 
 
+def test_crf_basis_by_name_extends_the_default_with_deeper_shoulders():
+    """``crf_basis: shoulders`` is the default basis plus two deeper logistic shoulders: a mixture dominated by the
+    deepest maps a near-white code value to a lower linear value than the default basis' strongest shoulder can
+    (more highlight range under the shoulder); an unknown name is a one-line error naming the choices."""
+    from llmhdr_basicsr.archs.crf_basis import DEFAULT_BASIS, SHOULDER_BASIS, CRFBasisBase
+
+    net = tiny(out_domain='hdr_mu', headroom=4, crf_basis='shoulders')
+    assert net.crf.basis == SHOULDER_BASIS and SHOULDER_BASIS[: len(DEFAULT_BASIS)] == DEFAULT_BASIS
+    x = torch.full((1, 3, 1, 1), 0.9)
+    feat = torch.zeros(1, 8, 1, 1)
+    deep = CRFBasisBase(8, 'decode', basis=[SHOULDER_BASIS[-1]])
+    strongest_default = CRFBasisBase(8, 'decode', basis=[['logistic', 0.6, -3.0]])
+    for crf in (deep, strongest_default):
+        with torch.no_grad():
+            crf.bias.fill_(1e6)
+    assert deep(x, feat)[0, 0, 0, 0].item() < 0.5 * strongest_default(x, feat)[0, 0, 0, 0].item()
+    with pytest.raises(ValueError, match="crf_basis 'wide' is not a basis name.*shoulders"):
+        tiny(out_domain='hdr_mu', headroom=4, crf_basis='wide')
+
+
 def test_crf_basis_weights_never_lose_their_gradient():
     """A weight pushed below zero for every image must still be able to come back (a hard clamp killed the curve in
     the quality benchmark), and one Adam step on ``W`` moves the weights about as much as one on the bias."""

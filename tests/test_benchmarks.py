@@ -328,3 +328,22 @@ def test_quality_stops_oracle_scores_a_stored_run_with_constant_stops(tmp_path, 
         assert result[name]['fixed']['0.0'] != result[name]['fixed']['3.0']
     assert quality.main([*base[:-1], 'expansion_s2', '--stops-oracle']) == 2
     assert 'no stored run expansion_s2 seed 0' in capsys.readouterr().err
+
+
+def test_quality_recipe_variant_matches_the_cpu_recipe_option_file():
+    """The ``recipe`` the quality benchmark measures is the one ``options/llmhdr_cpu.yml`` trains (the parts the
+    benchmark sets itself, size and schedule, aside): the same generators' bases, expansion, iterations and losses."""
+    import yaml
+
+    quality = _load('quality')
+    repo = quality.REPO
+    cpu = yaml.safe_load((repo / 'options' / 'llmhdr_cpu.yml').read_text())
+    args = quality.parse_args([])
+    opt = quality.training_options(args, repo / 'split', quality.VARIANTS['recipe'][1])
+    for net in ('network_g', 'network_g_hdr2ldr'):
+        for key in ('crf_basis', 'num_iter', 'headroom', 'out_domain', 'highlight_expansion'):
+            assert opt[net].get(key) == cpu[net].get(key), (net, key)
+    assert opt['datasets']['train']['virtual_camera'] == cpu['datasets']['train']['virtual_camera']
+    for block in ('cycle_opt', 'camera_opt', 'llm_opt'):
+        assert opt['train'][block]['loss_weight'] == cpu['train'][block]['loss_weight'], block
+    assert 'gan_opt' not in opt['train'] and cpu['train']['gan_opt']['loss_weight'] == 0

@@ -62,6 +62,12 @@ DEFAULT_BASIS: tuple[tuple, ...] = (
     ('logistic', 0.8, -2.0),
     ('logistic', 1.1, -1.0),
 )
+#: :data:`DEFAULT_BASIS` and two deeper highlight shoulders (logistic, 0.5 per stop with the pivot 4 stops below
+#: white, 0.4 with 6): what the decode mixture needs to invert renderings that compress the highlights more than the
+#: default basis' strongest shoulder (``('logistic', 0.6, -3.0)``). The basis of the training recipes.
+SHOULDER_BASIS: tuple[tuple, ...] = (*DEFAULT_BASIS, ('logistic', 0.5, -4.0), ('logistic', 0.4, -6.0))
+#: Bases by name, for option files (``crf_basis: shoulders``).
+NAMED_BASES: dict[str, tuple[tuple, ...]] = {'default': DEFAULT_BASIS, 'shoulders': SHOULDER_BASIS}
 #: Initial mixture weight of every basis curve (relative to the sRGB anchor's 1).
 INIT_WEIGHT = 1e-3
 #: Softness ``tau`` of the clamp that keeps the mixture weights positive: ``w = tau * softplus(z / tau)``.
@@ -143,14 +149,21 @@ class CRFBasisBase(nn.Module):
     Args:
         feat_ch: channels of the feature the mixture weights are predicted from (the generator's bottleneck).
         direction: ``'decode'`` (display-referred LDR -> linear, for LDR->HDR) or ``'encode'`` (linear -> LDR).
-        basis: fixed curves besides the sRGB anchor (default :data:`DEFAULT_BASIS`).
+        basis: fixed curves besides the sRGB anchor, or the name of one in :data:`NAMED_BASES` (default
+            :data:`DEFAULT_BASIS`).
         hist_bins: bins of each input histogram (0: none, the bottleneck mean alone).
     """
 
-    def __init__(self, feat_ch: int, direction: str, basis: tuple | list | None = None, hist_bins: int = 16) -> None:
+    def __init__(
+        self, feat_ch: int, direction: str, basis: str | tuple | list | None = None, hist_bins: int = 16
+    ) -> None:
         super().__init__()
         if direction not in ('decode', 'encode'):
             raise ValueError(f"CRFBasisBase: direction must be 'decode' or 'encode', got {direction!r}")
+        if isinstance(basis, str):
+            if basis not in NAMED_BASES:
+                raise ValueError(f'CRFBasisBase: unknown basis {basis!r}; named bases: {sorted(NAMED_BASES)}')
+            basis = NAMED_BASES[basis]
         self.direction = direction
         self.basis = tuple(tuple(c) for c in (DEFAULT_BASIS if basis is None else basis))
         if not self.basis:

@@ -76,7 +76,7 @@ from llmhdr_basicsr.perception.heuristic import PerceptionMaps, heuristic_maps, 
 from llmhdr_basicsr.utils.tonemap import hdr_to_model, model_to_hdr, srgb_decode, srgb_encode
 
 from .arch_util import ConvLSTMCell, FiLM, conv_norm_act, init_weights, pad_to_multiple
-from .crf_basis import CRFBasisBase
+from .crf_basis import NAMED_BASES, CRFBasisBase
 from .highlight_expansion import HighlightExpansion
 
 #: Output domains of :class:`FeedbackUNet`.
@@ -207,8 +207,10 @@ class FeedbackUNet(nn.Module):
             from ``network_g`` to map linear HDR in and out of this domain.
         crf_basis: replace the fixed sRGB curve of the residual base by a per-image mixture of camera curves predicted
             from the bottleneck (:class:`~llmhdr_basicsr.archs.crf_basis.CRFBasisBase`; an addition of this
-            project): ``true`` = the default basis, a list of ``['gamma', g]`` / ``['sigmoid', g, beta]`` = that
-            basis, false/None = off (the base is the fixed sRGB curve). Needs ``residual=True``.
+            project): ``true`` = the default basis, a name (``'shoulders'``: the default and two deeper highlight
+            shoulders, :data:`~llmhdr_basicsr.archs.crf_basis.NAMED_BASES`), a list of ``['gamma', g]`` /
+            ``['sigmoid', g, beta]`` / ``['logistic', slope, pivot]`` = that basis, false/None = off (the base is the
+            fixed sRGB curve). Needs ``residual=True``.
         highlight_expansion: (``'hdr_mu'`` only) lift the saturated regions of the linearised base above white by a
             per-image number of stops predicted from the bottleneck
             (:class:`~llmhdr_basicsr.archs.highlight_expansion.HighlightExpansion`; an addition of this project):
@@ -237,7 +239,7 @@ class FeedbackUNet(nn.Module):
         init_std: float = 0.02,
         pad_mode: str = 'replicate',
         headroom: float = 0.0,
-        crf_basis: bool | list | None = None,
+        crf_basis: bool | str | list | None = None,
         highlight_expansion: bool | dict | None = None,
     ) -> None:
         super().__init__()
@@ -306,9 +308,15 @@ class FeedbackUNet(nn.Module):
         if crf_basis not in (None, False):
             if not residual:
                 raise ValueError('FeedbackUNet: crf_basis shapes the residual base and needs residual=True')
-            if not (crf_basis is True or isinstance(crf_basis, (list, tuple))):
+            if not (crf_basis is True or isinstance(crf_basis, (str, list, tuple))):
                 raise ValueError(
-                    f'FeedbackUNet: crf_basis must be true, false/null or a list of curves, not {crf_basis!r}'
+                    f'FeedbackUNet: crf_basis must be true, false/null, a basis name or a list of curves, not '
+                    f'{crf_basis!r}'
+                )
+            if isinstance(crf_basis, str) and crf_basis not in NAMED_BASES:
+                raise ValueError(
+                    f'FeedbackUNet: crf_basis {crf_basis!r} is not a basis name; choose one of {sorted(NAMED_BASES)}, '
+                    'true (the default basis), false/null or a list of curves'
                 )
             direction = 'decode' if out_domain == 'hdr_mu' else 'encode'
             self.crf = CRFBasisBase(c4, direction, None if crf_basis is True else crf_basis)
