@@ -62,12 +62,17 @@ q = _load_quality()
 
 #: The supervised methods: name -> (network_g options, their changes at smoke size). Paper defaults, except that
 #: the outputs bounded by a final sigmoid / tanh are scaled to reach 16x white, the model's HDR range (headroom 4):
-#: at the papers' scale (white = 1) they could not represent a highlight at all under this protocol.
+#: at the papers' scale (white = 1) they could not represent a highlight at all under this protocol, and that
+#: SingleHDR's residual head starts at zero: with PyTorch's default initialisation its residual of amplitude 15
+#: starts at several units, and the pixels it pushes below zero sit behind the output ReLU without gradient.
 SUPERVISED: dict[str, tuple[dict, dict]] = {
     'ExpandNet': ({'type': 'ExpandNet', 'out_scale': 16.0}, {'num_feat': 4, 'global_size': 32}),
     'HDRCNN': ({'type': 'HDRCNN'}, {'width': 4}),
     'FHDR': ({'type': 'FHDR', 'out_scale': 16.0}, {'num_feat': 4, 'num_iter': 2}),
-    'SingleHDR(W) U-Net': ({'type': 'SingleHDRUNet', 'residual_scale': 15.0}, {'num_feat': 4}),
+    'SingleHDR(W) U-Net': (
+        {'type': 'SingleHDRUNet', 'residual_scale': 15.0, 'zero_init_residual': True},
+        {'num_feat': 4},
+    ),
     'RRDBNet (BasicSR, scale 1)': (
         {
             'type': 'RRDBNet',

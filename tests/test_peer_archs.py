@@ -211,12 +211,16 @@ def test_fhdr_gradient_through_the_hidden_state_unless_detached():
 def test_singlehdr_mask_and_identity_residual():
     y = torch.tensor([0.0, 0.025, 0.5, 0.975, 1.0]).view(1, 1, 1, 5).expand(1, 3, 1, 5)
     assert torch.allclose(well_exposed_mask(y)[0, 0, 0], torch.tensor([0.0, 0.5, 1.0, 0.5, 0.0]), atol=1e-5)
-    net = build('SingleHDRUNet').eval()
-    torch.nn.init.zeros_(net.head.weight)
-    torch.nn.init.zeros_(net.head.bias)
     x = ldr(1, 37, 53)
+    default = build('SingleHDRUNet', residual_scale=15.0).eval()
+    net = build('SingleHDRUNet', residual_scale=15.0, zero_init_residual=True).eval()
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in default.parameters())
     with torch.no_grad():
         assert torch.equal(net(x), x)  # E = ReLU(I + tanh(0)) = I
+        assert not torch.equal(default(x), x)
+    net.train()
+    net(x).sum().backward()
+    assert net.head.weight.grad.abs().sum() > 0  # the zero head still learns
     net = build('SingleHDRUNet', residual_scale=3.0).eval()
     with torch.no_grad():
         e = net(x)

@@ -122,6 +122,10 @@ class SingleHDRUNet(nn.Module):
         mask_input: multiply the input by the mask before the encoder (as released); the residual uses the unmasked
             input.
         residual_scale: amplitude of the tanh residual (1 as released: ``E`` in [0, 2]).
+        zero_init_residual: start the residual head at zero, so the untrained network is ``E = x`` (off as
+            released, where PyTorch's default initialisation of the head gives a residual of about
+            ``0.5 * residual_scale`` in magnitude at the start; pixels that start below zero sit behind the output
+            ReLU without gradient).
     """
 
     out_domain = 'linear'
@@ -134,6 +138,7 @@ class SingleHDRUNet(nn.Module):
         tau: float = 0.95,
         mask_input: bool = True,
         residual_scale: float = 1.0,
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         if num_levels < 2:
@@ -156,6 +161,9 @@ class SingleHDRUNet(nn.Module):
             self.dec.append(_block(cur + chans[i - 1], out))
             cur = out
         self.head = nn.Conv2d(cur, 3, 1)
+        if zero_init_residual:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Estimate the irradiance ``E`` of the input.
