@@ -103,6 +103,20 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                'two deeper highlight shoulders',
                {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
                 'network_g.highlight_expansion': {'init_stops': 3.0}, 'network_g.crf_basis': 'shoulders'}),
+    'region_stops': ('the recipe with the expansion stops as a map: a per-region term of the bottleneck added to the '
+                     'image\'s stops (highlight_expansion.region)',
+                     {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
+                      'network_g.highlight_expansion': {'init_stops': 3.0, 'region': True},
+                      'network_g.crf_basis': 'shoulders'}),
+    'stops_rate30': ('the recipe with the expansion stops learning 3x faster (highlight_expansion.rate 30 instead of '
+                     '10)',
+                     {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
+                      'network_g.highlight_expansion': {'init_stops': 3.0, 'rate': 30.0},
+                      'network_g.crf_basis': 'shoulders'}),
+    'wide_clip': ('the recipe with a virtual camera that clips up to 35 % of the frame (2-16 % in the recipe)',
+                  {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
+                   'network_g.highlight_expansion': {'init_stops': 3.0}, 'network_g.crf_basis': 'shoulders',
+                   'datasets.train.virtual_camera': {**WIDE_CAMERA, 'clip_range': [0.02, 0.35]}}),
     'expansion_s3': ('the recipe with the default camera-curve basis (the recipe before the shoulder basis was '
                      'measured)',
                      {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,

@@ -505,6 +505,26 @@ def test_highlight_expansion_stops_learn_and_detach_with_the_curve():
     assert float(net.expansion.bias.grad.abs()) == 0.0
 
 
+def test_highlight_expansion_region_stops_start_as_the_image_stops_and_learn_a_map():
+    torch.manual_seed(0)
+    x = _clipped_scene()
+    plain = tiny(headroom=4, highlight_expansion={'init_stops': 2.0})
+    net = tiny(headroom=4, highlight_expansion={'init_stops': 2.0, 'region': True})
+    net.load_state_dict(plain.state_dict(), strict=False)  # the region term adds its own parameters, zero at start
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), plain(x), rtol=0, atol=1e-6)
+    net(x).mean().backward()
+    assert net.expansion.local.weight.grad.abs().sum() > 0 and net.expansion.bias.grad.abs() > 0
+    with torch.no_grad():
+        net.expansion.local.weight.normal_(0.0, 1.0)  # any non-zero local term: stops vary across the image
+        enc = net.encode(x)
+        stops = net.expansion.stops(enc.bottleneck, enc.x)
+    assert stops.shape == (x.size(0), 1, *enc.x.shape[-2:])
+    assert float(stops.amax() - stops.amin()) > 0.1 and float(stops.amax()) <= 4.0
+    net.expansion.fixed_stops = 1.5  # the oracle's constant replaces the map
+    assert net.expansion.stops(enc.bottleneck, enc.x).unique().tolist() == [1.5]
+
+
 def test_highlight_expansion_bad_options_are_named():
     with pytest.raises(ValueError, match='highlight_expansion'):
         tiny(highlight_expansion='yes')

@@ -10,6 +10,12 @@ image (an addition of this project, not in the paper)::
     s   = max_stops * sigmoid(rate * (bias + W . [mean_hw(e) / C, hist(x)]))      (N,) stops, per image
     lin' = lin * 2^(s * BEF)
 
+With ``region: true`` the stops become a map: a zero-initialised 1x1 convolution of the bottleneck adds a local
+term to the image's pre-activation, ``s(p) = max_stops * sigmoid(rate * (bias + W . f + up(V * e)(p)))``, the
+logit map bilinearly up-sampled from the bottleneck's 1/8 resolution. The local term sees the same neighbourhood of a
+highlight in a training crop and in the whole image, which the image-level term (a mean over whatever the crop
+holds) does not.
+
 ``lin`` is the linearised input (white = 1), ``x`` the display-referred LDR, ``e`` the generator's bottleneck and
 ``hist`` the input histograms of :class:`~llmhdr_basicsr.archs.crf_basis.ImageHistogram`. Pixels far from any
 saturated region keep their value; the inside of a large clipped region is lifted by up to ``s`` stops, a small
@@ -27,6 +33,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .crf_basis import ImageHistogram, ImageMean
@@ -45,6 +52,7 @@ class HighlightExpansion(nn.Module):
         threshold: saturation threshold on the display-referred maximum channel.
         rate: scale of the pre-activation (a learning-rate multiplier of this module).
         hist_bins: bins of each input histogram (0: the bottleneck mean alone).
+        region: add the per-region term (a stop map instead of one value per image).
     """
 
     def __init__(
@@ -57,6 +65,7 @@ class HighlightExpansion(nn.Module):
         threshold: float = 250.0 / 255.0,
         rate: float = 10.0,
         hist_bins: int = 16,
+        region: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 < init_stops < max_stops:
@@ -78,6 +87,7 @@ class HighlightExpansion(nn.Module):
         self.hist = ImageHistogram(hist_bins) if hist_bins > 0 else None
         self.bias = nn.Parameter(torch.zeros(()))
         self.proj = nn.Linear(feat_ch + 2 * hist_bins, 1)
+        self.local = nn.Conv2d(feat_ch, 1, 1) if region else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -87,17 +97,27 @@ class HighlightExpansion(nn.Module):
             self.bias.fill_(math.log(p / (1.0 - p)) / self.rate)
             nn.init.zeros_(self.proj.weight)
             nn.init.zeros_(self.proj.bias)
+            if self.local is not None:
+                nn.init.zeros_(self.local.weight)
+                nn.init.zeros_(self.local.bias)
 
-    def stops(self, feat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``(N,)`` expansion in stops of a fully saturated region, from the bottleneck ``(N, C, h, w)`` and the
-        display-referred input ``x`` ``(N, 3, H, W)``; ``fixed_stops`` for every image when that is set."""
-        if self.fixed_stops is not None:
-            return feat.new_full((feat.size(0),), float(self.fixed_stops))
+    def _image_logit(self, feat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``(N,)`` image-level pre-activation ``bias + W . [mean_hw(e) / C, hist(x)]`` (before ``rate``)."""
         features = self.pool(feat) / feat.size(1)
         if self.hist is not None:
             features = torch.cat([features, self.hist(x).to(features)], dim=1)
-        z = self.rate * (self.bias + self.proj(features).squeeze(1))
-        return self.max_stops * torch.sigmoid(z)
+        return self.bias + self.proj(features).squeeze(1)
+
+    def stops(self, feat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``(N, 1, H, W)`` expansion in stops of a fully saturated region, from the bottleneck ``(N, C, h, w)`` and
+        the display-referred input ``x`` ``(N, 3, H, W)``; ``(N, 1, 1, 1)`` (one value per image) without ``region``
+        or when ``fixed_stops`` is set (then that value for every image)."""
+        if self.fixed_stops is not None:
+            return feat.new_full((feat.size(0), 1, 1, 1), float(self.fixed_stops))
+        z = self._image_logit(feat, x).view(-1, 1, 1, 1)
+        if self.local is not None:
+            z = F.interpolate(z + self.local(feat), size=x.shape[-2:], mode='bilinear', align_corners=False)
+        return self.max_stops * torch.sigmoid(self.rate * z)
 
     def expansion_map(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, 1, H, W)`` BEF in [0, 1] of the display-referred input (no gradient: it depends on ``x`` only)."""
@@ -121,10 +141,10 @@ class HighlightExpansion(nn.Module):
         s = self.stops(feat, x).to(lin.dtype)
         if detach_stops:
             s = s.detach()
-        return lin * torch.exp2(s.view(-1, 1, 1, 1) * self.expansion_map(x).to(lin.dtype))
+        return lin * torch.exp2(s * self.expansion_map(x).to(lin.dtype))
 
     def extra_repr(self) -> str:
         return (
             f'init_stops={self.init_stops}, max_stops={self.max_stops}, sigma_s={self.sigma_s}, '
-            f'threshold={self.threshold:.4f}, rate={self.rate}'
+            f'threshold={self.threshold:.4f}, rate={self.rate}, region={self.local is not None}'
         )
