@@ -79,6 +79,12 @@ DELETE = object()  # an override value that removes the option (switches a loss 
 #: S-curves (toe and shoulder), JPEG and white-balance errors; never the out-of-family test renderings.
 WIDE_CAMERA = {'logistic_prob': 0.4, 'jpeg_prob': 0.3, 'wb_jitter': 0.05}
 
+#: The virtual camera of ``wide_shoulder``: more and deeper logistic highlight shoulders than the recipe's.
+SHOULDER_CAMERA = {**WIDE_CAMERA, 'logistic_prob': 0.6, 'logistic_pivot': [-6.0, -0.5], 'logistic_slope': [0.4, 1.2]}
+#: The recipe's shape (no adversarial terms, T = 1); the recipe before the shoulder basis; the recipe.
+CPU_SHAPE = {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1}
+EXPANSION_S3 = {**CPU_SHAPE, 'network_g.highlight_expansion': {'init_stops': 3.0}}
+RECIPE = {**EXPANSION_S3, 'network_g.crf_basis': 'shoulders'}
 
 #: The ablation: the full method (``full``) with one part off or changed, and a plain CycleGAN with the same
 #: generator and budget. Each entry: (description, {dotted option: value or DELETE}).
@@ -100,61 +106,35 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                  {'network_g.crf_basis': False, 'network_g_hdr2ldr.crf_basis': False}),
     'recipe': ('the CPU recipe chosen on validation (options/llmhdr_cpu.yml): full without the adversarial terms, '
                'T = 1, learned highlight expansion of the base starting at 3 stops, G_Y\'s camera-curve basis with '
-               'two deeper highlight shoulders',
-               {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
-                'network_g.highlight_expansion': {'init_stops': 3.0}, 'network_g.crf_basis': 'shoulders'}),
+               'two deeper highlight shoulders', RECIPE),
     'region_stops': ('the recipe with the expansion stops as a map: a per-region term of the bottleneck added to the '
                      'image\'s stops (highlight_expansion.region)',
-                     {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
-                      'network_g.highlight_expansion': {'init_stops': 3.0, 'region': True},
-                      'network_g.crf_basis': 'shoulders'}),
+                     {**RECIPE, 'network_g.highlight_expansion': {'init_stops': 3.0, 'region': True}}),
     'stops_rate30': ('the recipe with the expansion stops learning 3x faster (highlight_expansion.rate 30 instead of '
-                     '10)',
-                     {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
-                      'network_g.highlight_expansion': {'init_stops': 3.0, 'rate': 30.0},
-                      'network_g.crf_basis': 'shoulders'}),
+                     '10)', {**RECIPE, 'network_g.highlight_expansion': {'init_stops': 3.0, 'rate': 30.0}}),
     'wide_clip': ('the recipe with a virtual camera that clips up to 35 % of the frame (2-16 % in the recipe)',
-                  {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
-                   'network_g.highlight_expansion': {'init_stops': 3.0}, 'network_g.crf_basis': 'shoulders',
-                   'datasets.train.virtual_camera': {**WIDE_CAMERA, 'clip_range': [0.02, 0.35]}}),
+                  {**RECIPE, 'datasets.train.virtual_camera': {**WIDE_CAMERA, 'clip_range': [0.02, 0.35]}}),
     'expansion_s3': ('the recipe with the default camera-curve basis (the recipe before the shoulder basis was '
-                     'measured)',
-                     {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
-                      'network_g.highlight_expansion': {'init_stops': 3.0}}),
+                     'measured)', EXPANSION_S3),
     'no_expansion': ('the recipe without the learned highlight expansion (the recipe before it was measured)',
-                     {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1}),
+                     CPU_SHAPE),
     'expansion_s2': ('the recipe with the expansion starting at 2 stops for a fully saturated region (the recipe '
-                     'before this was measured)',
-                     {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
-                      'network_g.highlight_expansion': True}),
+                     'before this was measured)', {**CPU_SHAPE, 'network_g.highlight_expansion': True}),
     'expansion_t200': ('expansion_s2 with the expansion map thresholded at 200/255 instead of 250/255 (also lifts '
                        'highlights a camera rolled off below clipping)',
-                       {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
-                        'network_g.highlight_expansion': {'threshold': 200 / 255}}),
+                       {**CPU_SHAPE, 'network_g.highlight_expansion': {'threshold': 200 / 255}}),
     'camera_mse': ('expansion_s3 with the camera cycle as a squared error (its optimum the mean of what a clipped '
                    'region may hold, as PU21-PSNR scores it) instead of L1 (the median)',
-                   {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
-                    'network_g.highlight_expansion': {'init_stops': 3.0},
+                   {**EXPANSION_S3,
                     'train.camera_opt': {'type': 'MSELoss', 'loss_weight': 100.0, 'reduction': 'mean'}}),
     'wide_shoulder': ('expansion_s3 with more and stronger highlight shoulders in the virtual camera (logistic curves '
                       'with probability 0.6, pivot 0.5-6 stops below white, slope 0.4-1.2 per stop)',
-                      {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
-                       'network_g.highlight_expansion': {'init_stops': 3.0},
-                       'datasets.train.virtual_camera': {**WIDE_CAMERA, 'logistic_prob': 0.6,
-                                                         'logistic_pivot': [-6.0, -0.5],
-                                                         'logistic_slope': [0.4, 1.2]}}),
+                      {**EXPANSION_S3, 'datasets.train.virtual_camera': SHOULDER_CAMERA}),
     'wide_shoulder_basis': ('the recipe (shoulder basis) with the camera of wide_shoulder',
-                            {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
-                             'network_g.highlight_expansion': {'init_stops': 3.0},
-                             'network_g.crf_basis': 'shoulders',
-                             'datasets.train.virtual_camera': {**WIDE_CAMERA, 'logistic_prob': 0.6,
-                                                               'logistic_pivot': [-6.0, -0.5],
-                                                               'logistic_slope': [0.4, 1.2]}}),
+                            {**RECIPE, 'datasets.train.virtual_camera': SHOULDER_CAMERA}),
     'display_contrast': ('expansion_s3 with a display contrast boost in the virtual camera (a logistic S-curve about '
                          'mid-grey blended in with weight 0.1-0.5, for half the photos)',
-                         {'train.gan_opt': DELETE, 'network_g.num_iter': 1, 'network_g_hdr2ldr.num_iter': 1,
-                          'network_g.highlight_expansion': {'init_stops': 3.0},
-                          'datasets.train.virtual_camera': {**WIDE_CAMERA, 'contrast_prob': 0.5}}),
+                         {**EXPANSION_S3, 'datasets.train.virtual_camera': {**WIDE_CAMERA, 'contrast_prob': 0.5}}),
     'cyclegan': ('plain CycleGAN with the same U-Net: adversarial 1, cycle 10, identity 5; no gates, feedback, '
                  'perception, camera cycle or curve', {
                      'network_g.gating': False, 'network_g_hdr2ldr.gating': False,
